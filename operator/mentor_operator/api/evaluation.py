@@ -1,0 +1,89 @@
+"""Evaluation: measure a model's expertise, compare it with a baseline, gate promotion."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mentor_trainer.config.common import CelRule, ModelUri, Spec
+from mentor_trainer.config.evaluate import EvaluationOptions
+
+from .common import (
+    JobSpecBase,
+    KindApi,
+    KindInfo,
+    ModelRef,
+    PrinterColumn,
+    ResourceRef,
+    StatusBase,
+    age_column,
+    immutable,
+    phase_column,
+)
+
+
+class EvaluationSpec(JobSpecBase, EvaluationOptions):
+    """An evaluation run (the `mentor-trainer evaluate` stage)."""
+
+    cel_rules = (
+        CelRule(rule="has(self.modelRef) != has(self.modelUri)", message="set exactly one of modelRef or modelUri", field_path=".modelRef"),
+        CelRule(
+            rule="!(has(self.baselineRef) && has(self.baselineUri))",
+            message="set at most one of baselineRef or baselineUri",
+            field_path=".baselineRef",
+        ),
+        CelRule(
+            rule="self.gates.all(g, !has(g.baselineFactor) && !has(g.baselineDelta)) || has(self.baselineRef) || has(self.baselineUri)",
+            message="relative gates need baselineRef or baselineUri",
+            field_path=".gates",
+        ),
+    )
+
+    model_ref: ModelRef | None = immutable("Resource whose model is evaluated.", default=None, name="modelRef")
+    model_uri: ModelUri | None = immutable("Model URI to evaluate.", default=None, name="modelUri")
+    baseline_ref: ModelRef | None = Field(default=None, description="Resource whose model is the baseline.")
+    baseline_uri: ModelUri | None = Field(default=None, description="Baseline model URI (e.g. the base model).")
+    dataset_ref: ResourceRef = immutable("DomainDataset whose test split is used.", name="datasetRef")
+
+
+class MetricComparison(Spec):
+    """Candidate vs baseline on one metric."""
+
+    candidate: float | None = Field(default=None, description="Candidate's value.")
+    baseline: float | None = Field(default=None, description="Baseline's value.")
+    delta: float | None = Field(default=None, description="candidate - baseline.")
+    ci_low: float | None = Field(default=None, description="Lower end of the delta's confidence interval.")
+    ci_high: float | None = Field(default=None, description="Upper end of the delta's confidence interval.")
+    p_value: float | None = Field(default=None, description="Paired bootstrap p-value of the delta.")
+
+
+class EvaluationStatus(StatusBase):
+    """Observed state of an Evaluation."""
+
+    passed: bool | None = Field(default=None, description="Whether every gate passed.")
+    failed_gates: list[str] = Field(default_factory=list, description="Gates that failed, as text.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Candidate metrics.")
+    comparison: dict[str, MetricComparison] = Field(default_factory=dict, description="Per-metric comparison.")
+    summary: str | None = Field(default=None, description="Key metric for printing, e.g. qa.f1=0.71 (+0.12).")
+    report_uri: str | None = Field(default=None, description="HTML report.")
+    model_uri: str | None = Field(default=None, description="Model that was evaluated.")
+    calibrated_temperature: float | None = Field(default=None, description="Temperature minimising calibration error.")
+
+
+KIND = KindApi(
+    info=KindInfo(
+        kind="Evaluation",
+        plural="evaluations",
+        singular="evaluation",
+        short_names=["eval"],
+        stage="evaluate",
+        description="Evaluates a model on domain suites, compares it with a baseline and gates its promotion.",
+        columns=[
+            phase_column(),
+            PrinterColumn(name="Passed", json_path=".status.passed", type="boolean", description="All gates passed."),
+            PrinterColumn(name="Summary", json_path=".status.summary", description="Key metric."),
+            age_column(),
+        ],
+    ),
+    spec=EvaluationSpec,
+    status=EvaluationStatus,
+)

@@ -1,0 +1,70 @@
+"""FineTuneJob: supervised fine-tuning of a base model on a DomainDataset."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mentor_trainer.config.common import ModelUri, Spec
+from mentor_trainer.config.sft import FineTuneOptions
+
+from .common import (
+    JobSpecBase,
+    KindApi,
+    KindInfo,
+    PrinterColumn,
+    Progress,
+    ResourceRef,
+    StatusBase,
+    age_column,
+    immutable,
+    phase_column,
+)
+
+
+class FineTuneJobSpec(JobSpecBase, FineTuneOptions):
+    """A fine-tuning run (the `mentor-trainer sft` stage)."""
+
+    base_model: ModelUri = immutable("Model to fine-tune: s3://, pvc://, file://, mlflow:// or hf:// URI.", name="baseModel")
+    dataset_ref: ResourceRef = immutable("DomainDataset to train on.", name="datasetRef")
+
+
+class TrainingResult(Spec):
+    """Outputs of a finished training run."""
+
+    model_uri: str | None = Field(default=None, description="The trained model (merged when asked, else the adapter).")
+    adapter_uri: str | None = Field(default=None, description="The adapter alone (adapter methods).")
+    mlflow_run_id: str | None = Field(default=None, description="MLflow run of the job.")
+    registered_model: str | None = Field(default=None, description="mlflow://models/<name>/<version> when registered.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics (train/eval loss, perplexity).")
+
+
+class TrainingStatus(StatusBase, TrainingResult):
+    """Observed state of a training job."""
+
+    progress: Progress = Field(default_factory=Progress, description="Live progress while running.")
+
+
+def training_columns() -> list[PrinterColumn]:
+    return [
+        phase_column(),
+        PrinterColumn(name="Progress", json_path=".status.progress.percent", description="Steps done / planned."),
+        PrinterColumn(name="Loss", json_path=".status.progress.loss", type="number", description="Latest training loss."),
+        PrinterColumn(name="Eval-Loss", json_path=".status.progress.evalLoss", type="number", priority=1),
+        PrinterColumn(name="ETA", json_path=".status.progress.etaSeconds", type="number", priority=1),
+        age_column(),
+    ]
+
+
+KIND = KindApi(
+    info=KindInfo(
+        kind="FineTuneJob",
+        plural="finetunejobs",
+        singular="finetunejob",
+        short_names=["ftj"],
+        stage="sft",
+        description="Fine-tunes a base model on a DomainDataset with LoRA, QLoRA, DoRA, full or frozen-layer training.",
+        columns=training_columns(),
+    ),
+    spec=FineTuneJobSpec,
+    status=TrainingStatus,
+)

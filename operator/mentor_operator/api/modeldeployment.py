@@ -1,0 +1,84 @@
+"""ModelDeployment: serve a model with KServe, watch its traffic for drift, retrain on drift."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mentor_trainer.config.common import CelRule, ModelUri, Spec
+from mentor_trainer.config.deploy import ServingOptions
+
+from .common import (
+    JobSpecBase,
+    KindApi,
+    KindInfo,
+    ModelRef,
+    PrinterColumn,
+    ResourceRef,
+    Resources,
+    StatusBase,
+    age_column,
+    phase_column,
+)
+
+
+class ModelDeploymentSpec(JobSpecBase, ServingOptions):
+    """A served model: export job, InferenceService and drift monitoring."""
+
+    cel_rules = (
+        CelRule(rule="has(self.modelRef) != has(self.modelUri)", message="set exactly one of modelRef or modelUri", field_path=".modelRef"),
+        CelRule(
+            rule="!has(self.monitoring.drift) || self.logging.enabled",
+            message="drift monitoring needs payload logging enabled",
+            field_path=".logging.enabled",
+        ),
+    )
+
+    model_ref: ModelRef | None = Field(default=None, description="Resource whose model is served.")
+    model_uri: ModelUri | None = Field(default=None, description="Model URI to serve.")
+    evaluation_ref: ResourceRef | None = Field(
+        default=None, description="Evaluation that must have passed before this model rolls out."
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(gpus=1, cpu="2", memory="16Gi"), description="Resources of each replica."
+    )
+
+
+class DriftStatus(Spec):
+    """Result of the latest drift check."""
+
+    last_check_time: str | None = Field(default=None, description="When the last check ran (RFC 3339).")
+    score: float | None = Field(default=None, description="Share of drifted features in the last check.")
+    drifted: bool | None = Field(default=None, description="Whether the last check found drift.")
+    report_uri: str | None = Field(default=None, description="Evidently report of the last check.")
+    retrain_count: int = Field(default=0, description="Retraining pipelines started on drift.")
+    last_retrain_time: str | None = Field(default=None, description="When the last retraining started.")
+
+
+class ModelDeploymentStatus(StatusBase):
+    """Observed state of a ModelDeployment."""
+
+    url: str | None = Field(default=None, description="URL of the InferenceService.")
+    model_uri: str | None = Field(default=None, description="Model being served.")
+    canary_model_uri: str | None = Field(default=None, description="Model receiving canary traffic.")
+    drift: DriftStatus = Field(default_factory=DriftStatus, description="Drift monitoring.")
+
+
+KIND = KindApi(
+    info=KindInfo(
+        kind="ModelDeployment",
+        plural="modeldeployments",
+        singular="modeldeployment",
+        short_names=["md"],
+        stage="export",
+        description="Serves a model with KServe (mentor, Hugging Face/vLLM or Triton runtime), monitors drift and retrains on it.",
+        columns=[
+            phase_column(),
+            PrinterColumn(name="Runtime", json_path=".spec.runtime"),
+            PrinterColumn(name="URL", json_path=".status.url"),
+            PrinterColumn(name="Drift", json_path=".status.drift.score", type="number", description="Latest drift score."),
+            age_column(),
+        ],
+    ),
+    spec=ModelDeploymentSpec,
+    status=ModelDeploymentStatus,
+)

@@ -1,0 +1,48 @@
+"""RLHFJob: preference optimisation or RL of a policy (DPO, ORPO, KTO, GRPO, PPO, reward model)."""
+
+from __future__ import annotations
+
+from mentor_trainer.config.common import CelRule, ModelUri
+from mentor_trainer.config.rlhf import RLHFOptions
+from mentor_trainer.config.sft import Distributed
+
+from pydantic import Field
+
+from .common import JobSpecBase, KindApi, KindInfo, ModelRef, PrinterColumn, ResourceRef, immutable
+from .finetunejob import TrainingStatus, training_columns
+
+
+class RLHFJobSpec(JobSpecBase, RLHFOptions):
+    """A preference / RL training run (the `mentor-trainer rlhf` stage)."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.policyRef) != has(self.policyModel)",
+            message="set exactly one of policyRef or policyModel",
+            field_path=".policyRef",
+        ),
+    )
+
+    policy_ref: ModelRef | None = immutable("Resource whose model the policy starts from.", default=None, name="policyRef")
+    policy_model: ModelUri | None = immutable("Model URI the policy starts from.", default=None, name="policyModel")
+    dataset_ref: ResourceRef = immutable("DomainDataset with preference pairs or prompts.", name="datasetRef")
+    distributed: Distributed = Field(default_factory=Distributed, description="Multi-GPU / multi-node layout.")
+
+
+KIND = KindApi(
+    info=KindInfo(
+        kind="RLHFJob",
+        plural="rlhfjobs",
+        singular="rlhfjob",
+        short_names=["rlhf"],
+        stage="rlhf",
+        description="Aligns a policy model with preferences or rewards: DPO, ORPO, KTO, GRPO, PPO or a reward model.",
+        columns=[
+            training_columns()[0],
+            PrinterColumn(name="Algorithm", json_path=".spec.algorithm"),
+            *training_columns()[1:],
+        ],
+    ),
+    spec=RLHFJobSpec,
+    status=TrainingStatus,
+)

@@ -1,0 +1,266 @@
+"""Pure builders of the objects that run a stage: ConfigMap, pod template, Job, indexed Job
+with its headless Service, and Kubeflow TrainJob."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mentor_trainer.config import StageRuntime
+
+from ..api.common import JobSpecBase
+from ..settings import Settings
+from .meta import KUEUE_QUEUE_LABEL, child_name, labels, object_meta
+
+CONFIG_DIR = "/etc/mentor"
+CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# The trainer exits with this code when retrying cannot help (bad config, missing input);
+# the Job's podFailurePolicy then fails at once instead of burning its retries.
+EXIT_CODE_PERMANENT = 2
+TORCHRUN_PORT = 29500
+
+RESTRICTED_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def build_config_map(body: dict[str, Any], config: StageRuntime, stage: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(body, child_name(body["metadata"]["name"], f"{stage}-config"), stage),
+        "data": {"config.json": json.dumps(config.to_wire(), indent=2, sort_keys=True)},
+    }
+
+
+def stage_env(settings: Settings, config: StageRuntime) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "MENTOR_CONFIG", "value": CONFIG_FILE},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if config.tracking.uri:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": config.tracking.uri})
+    if settings.s3_endpoint:
+        env.append({"name": "MENTOR_S3_ENDPOINT", "value": settings.s3_endpoint})
+    if settings.s3_credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append(
+                {
+                    "name": key,
+                    "valueFrom": {
+                        "secretKeyRef": {"name": settings.s3_credentials_secret, "key": key, "optional": True}
+                    },
+                }
+            )
+    return env
+
+
+def container_resources(spec: JobSpecBase) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"memory": res.memory}
+    if res.ephemeral_storage:
+        requests["ephemeral-storage"] = res.ephemeral_storage
+    if res.gpus:
+        requests[res.gpu_resource_name] = str(res.gpus)
+        limits[res.gpu_resource_name] = str(res.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def build_pod_template(
+    body: dict[str, Any],
+    spec: JobSpecBase,
+    settings: Settings,
+    config: StageRuntime,
+    stage: str,
+    config_map: str,
+    command: list[str] | None = None,
+    extra_env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    sched = spec.scheduling
+    pod_labels = {**sched.pod_labels, **labels(body["kind"], body["metadata"]["name"], stage)}
+    if sched.queue:
+        pod_labels[KUEUE_QUEUE_LABEL] = sched.queue
+    container = {
+        "name": "trainer",
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command or ["mentor-trainer", stage, "--config", CONFIG_FILE],
+        "env": stage_env(settings, config) + (extra_env or []),
+        "resources": container_resources(spec),
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": "/tmp"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_map}},
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
+        ],
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    account = sched.service_account_name or settings.trainer_service_account
+    if account:
+        pod_spec["serviceAccountName"] = account
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    metadata: dict[str, Any] = {"labels": pod_labels}
+    if sched.pod_annotations:
+        metadata["annotations"] = dict(sched.pod_annotations)
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def _job_meta(body: dict[str, Any], spec: JobSpecBase, name: str, stage: str) -> dict[str, Any]:
+    meta = object_meta(body, name, stage)
+    if spec.scheduling.queue:
+        meta["labels"][KUEUE_QUEUE_LABEL] = spec.scheduling.queue
+    return meta
+
+
+def build_job(
+    body: dict[str, Any],
+    spec: JobSpecBase,
+    settings: Settings,
+    config: StageRuntime,
+    stage: str,
+    config_map: str,
+) -> dict[str, Any]:
+    """A single-pod Job running `mentor-trainer <stage>`."""
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "suspend": spec.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_CODE_PERMANENT]},
+                }
+            ]
+        },
+        "template": build_pod_template(body, spec, settings, config, stage, config_map),
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _job_meta(body, spec, child_name(body["metadata"]["name"], stage), stage),
+        "spec": job_spec,
+    }
+
+
+def torchrun_command(stage: str, nodes: int, gpus_per_node: int, master_addr: str) -> list[str]:
+    """torchrun with static rendezvous on pod index 0 (JOB_COMPLETION_INDEX is the node rank)."""
+    script = (
+        f"exec torchrun --nnodes={nodes} --nproc-per-node={gpus_per_node} "
+        f"--node-rank=$JOB_COMPLETION_INDEX --master-addr={master_addr} --master-port={TORCHRUN_PORT} "
+        f"-m mentor_trainer.cli {stage} --config {CONFIG_FILE}"
+    )
+    return ["/bin/sh", "-c", script]
+
+
+def build_indexed_job(
+    body: dict[str, Any],
+    spec: Any,
+    settings: Settings,
+    config: StageRuntime,
+    stage: str,
+    config_map: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Multi-node without Kubeflow Trainer: an indexed Job (one pod per node) and the headless
+    Service that gives pod 0 a stable DNS name for the torchrun rendezvous."""
+    dist = spec.distributed
+    name = child_name(body["metadata"]["name"], stage)
+    namespace = body["metadata"].get("namespace", "default")
+    master = f"{name}-0.{name}.{namespace}.svc"
+    job = build_job(body, spec, settings, config, stage, config_map)
+    pod = job["spec"]["template"]
+    pod["spec"]["subdomain"] = name
+    pod["spec"]["containers"][0]["command"] = torchrun_command(stage, dist.nodes, dist.gpus_per_node, master)
+    pod["spec"]["containers"][0]["ports"] = [{"name": "rendezvous", "containerPort": TORCHRUN_PORT}]
+    job["spec"].update(
+        completionMode="Indexed",
+        completions=dist.nodes,
+        parallelism=dist.nodes,
+        backoffLimitPerIndex=spec.backoff_limit,
+        maxFailedIndexes=0,
+    )
+    del job["spec"]["backoffLimit"]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(body, name, stage),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"batch.kubernetes.io/job-name": name},
+            "ports": [{"name": "rendezvous", "port": TORCHRUN_PORT, "targetPort": TORCHRUN_PORT}],
+        },
+    }
+    return job, service
+
+
+def build_train_job(
+    body: dict[str, Any],
+    spec: Any,
+    settings: Settings,
+    config: StageRuntime,
+    stage: str,
+    config_map: str,
+) -> dict[str, Any]:
+    """Multi-node with Kubeflow Trainer: a TrainJob on the torch ClusterTrainingRuntime, which
+    launches torchrun itself; the stage config reaches it through MENTOR_CONFIG_JSON."""
+    dist = spec.distributed
+    resources = container_resources(spec)
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": _job_meta(body, spec, child_name(body["metadata"]["name"], stage), stage),
+        "spec": {
+            "suspend": spec.suspend,
+            "runtimeRef": {
+                "apiGroup": "trainer.kubeflow.org",
+                "kind": "ClusterTrainingRuntime",
+                "name": settings.cluster_training_runtime,
+            },
+            "trainer": {
+                "image": spec.image or settings.trainer_image,
+                "command": ["python", "-m", "mentor_trainer.cli", stage, "--config-env", "MENTOR_CONFIG_JSON"],
+                "numNodes": dist.nodes,
+                "numProcPerNode": dist.gpus_per_node,
+                "resourcesPerNode": resources,
+                "env": [
+                    e for e in stage_env(settings, config) if "valueFrom" not in e or "secretKeyRef" in e["valueFrom"]
+                ]
+                + [{"name": "MENTOR_CONFIG_JSON", "valueFrom": {"configMapKeyRef": {"name": config_map, "key": "config.json"}}}],
+            },
+        },
+    }

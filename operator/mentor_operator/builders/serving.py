@@ -1,0 +1,115 @@
+"""Pure builders of a ModelDeployment's serving objects: KServe InferenceService and the
+drift-check CronJob."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mentor_trainer.config import DriftStageConfig, ServeStageConfig
+
+from ..api.common import Resources
+from ..api.modeldeployment import ModelDeploymentSpec
+from ..settings import Settings
+from .job import CONFIG_DIR, CONFIG_FILE, RESTRICTED_CONTAINER_SECURITY, build_pod_template, container_resources
+from .meta import child_name, object_meta
+
+# runtime -> (KServe ServingRuntime, model format it serves)
+KSERVE_RUNTIMES = {
+    "huggingface": ("kserve-huggingfaceserver", "huggingface"),
+    "vllm": ("kserve-vllmserver", "vLLM"),
+    "triton": ("kserve-tritonserver", "triton"),
+}
+DRIFT_RESOURCES = Resources(gpus=0, cpu="1", memory="2Gi", shm_size="64Mi")
+
+
+def export_uri(output_uri: str) -> str:
+    """Where the export Job writes the servable model (KServe reads s3:// and pvc://)."""
+    return f"{output_uri.rstrip('/')}/export/"
+
+
+def build_inference_service(
+    body: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    settings: Settings,
+    config: ServeStageConfig,
+    config_map: str,
+) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    predictor: dict[str, Any] = {
+        "minReplicas": spec.scaling.min_replicas,
+        "maxReplicas": spec.scaling.max_replicas,
+    }
+    if spec.scaling.target_concurrency:
+        predictor.update(scaleMetric="concurrency", scaleTarget=spec.scaling.target_concurrency)
+    if spec.canary:
+        predictor["canaryTrafficPercent"] = spec.canary.traffic_percent
+    sched = spec.scheduling
+    if sched.node_selector:
+        predictor["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        predictor["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    if sched.priority_class_name:
+        predictor["priorityClassName"] = sched.priority_class_name
+    if spec.runtime == "mentor":
+        # Our own KServe ModelServer: RAG, calibrated temperature and payload logging built in.
+        predictor["containers"] = [
+            {
+                "name": "kserve-container",
+                "image": spec.image or settings.serve_image,
+                "command": ["mentor-trainer", "serve", "--config", CONFIG_FILE],
+                "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
+                "resources": container_resources(spec),
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    {"name": "scratch", "mountPath": "/tmp"},
+                ],
+            }
+        ]
+        predictor["volumes"] = [
+            {"name": "config", "configMap": {"name": config_map}},
+            {"name": "scratch", "emptyDir": {}},
+        ]
+    else:
+        runtime, model_format = KSERVE_RUNTIMES[spec.runtime]
+        predictor["model"] = {
+            "modelFormat": {"name": model_format},
+            "runtime": runtime,
+            "storageUri": config.model_uri,
+            "resources": container_resources(spec),
+            "args": [f"--model_name={name}"],
+        }
+        if spec.runtime == "triton":
+            predictor["model"]["protocolVersion"] = "v2"
+    meta = object_meta(body, name, "serve")
+    meta["annotations"] = {"serving.kserve.io/deploymentMode": "RawDeployment"}
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": meta,
+        "spec": {"predictor": predictor},
+    }
+
+
+def build_drift_cron_job(
+    body: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    settings: Settings,
+    config: DriftStageConfig,
+    config_map: str,
+) -> dict[str, Any]:
+    drift_spec = spec.model_copy(update={"resources": DRIFT_RESOURCES})
+    template = build_pod_template(body, drift_spec, settings, config, "drift", config_map)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": object_meta(body, child_name(body["metadata"]["name"], "drift"), "drift"),
+        "spec": {
+            "schedule": config.drift.schedule,
+            "concurrencyPolicy": "Forbid",
+            "suspend": spec.suspend,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {"backoffLimit": 1, "template": template}},
+        },
+    }

@@ -1,0 +1,79 @@
+"""Watches on the objects the operator creates: Jobs, TrainJobs and InferenceServices.
+Their state is folded into the owner's status; an owner that succeeds wakes its dependents."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from ..api import KINDS
+from ..builders.meta import LABEL_MANAGED_BY, MANAGED_BY, child_name
+from .common import plain
+from .reconcile import Context, fold_deployment, fold_runner, reconcile
+
+log = logging.getLogger("mentor.children")
+MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def _owner(ctx: Context, child: dict[str, Any]) -> dict[str, Any] | None:
+    for ref in child["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") in KINDS:
+            owner = ctx.kube.get(ref["kind"], child["metadata"]["namespace"], ref["name"])
+            if owner and owner["metadata"]["uid"] == ref["uid"]:
+                return owner
+    return None
+
+
+def wake_dependents(ctx: Context, owner: dict[str, Any], indexes: dict[str, Any]) -> None:
+    """Reconcile every resource that references `owner`, now that its output exists."""
+    meta = owner["metadata"]
+    key = (meta["namespace"], owner["kind"], meta["name"])
+    for name, index in indexes.items():
+        if not name.startswith("dependents_"):
+            continue
+        for kind, dependent_name in index.get(key, []):
+            dependent = ctx.kube.get(kind, meta["namespace"], dependent_name)
+            if not dependent or (dependent.get("status") or {}).get("phase") not in (None, "Pending", "Waiting"):
+                continue
+            try:
+                reconcile(ctx, dependent)
+            except kopf.TemporaryError:
+                pass  # still waiting on another reference; its own retry will come back
+
+
+def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> None:
+    owner = _owner(ctx, child)
+    if owner is None:
+        return
+    if owner["kind"] == "ModelDeployment":
+        # The export Job finishing means the InferenceService can be created now.
+        reconcile(ctx, owner)
+        return
+    if fold_runner(ctx, owner, child) == "Succeeded":
+        wake_dependents(ctx, ctx.kube.get(owner["kind"], owner["metadata"]["namespace"], owner["metadata"]["name"]), indexes)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job-state")
+def job_state(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    if type != "DELETED":
+        _on_runner(memo.ctx, plain(body), kwargs)
+
+
+# kopf starts these watches when the CRDs appear (Kubeflow Trainer and KServe are optional).
+@kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=MANAGED, id="trainjob-state")
+def trainjob_state(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    if type != "DELETED":
+        _on_runner(memo.ctx, plain(body), kwargs)
+
+
+@kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", labels=MANAGED, id="isvc-state")
+def isvc_state(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    isvc = plain(body)
+    owner = _owner(ctx, isvc)
+    if owner is None or type == "DELETED":
+        return
+    export = ctx.kube.get("Job", owner["metadata"]["namespace"], child_name(owner["metadata"]["name"], "export"), "batch/v1")
+    fold_deployment(ctx, owner, export, isvc)

@@ -1,0 +1,6 @@
+"""kopf handlers of Evaluation."""
+
+from ..api import KINDS
+from .common import register
+
+register(KINDS["Evaluation"])

@@ -1,0 +1,257 @@
+"""The one reconciliation every kind shares, callable from any handler.
+
+Level-triggered and idempotent: it reads the resource and its runner, applies children with
+server-side apply, and writes status only when something changed. kopf calls it on
+create/update/resume; the child watchers call it when a dependency has succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from ..api import KINDS
+from ..builders import plan_deployment_children, plan_job_children
+from ..builders.config import output_uri
+from ..builders.inputs import resolve_inputs
+from ..builders.meta import child_name
+from ..kube import Kube
+from ..metrics import PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from ..settings import Settings
+from ..status import (
+    TERMINAL_PHASES,
+    inference_service_phase,
+    now,
+    parse_result,
+    pod_termination,
+    runner_state,
+    set_condition,
+)
+
+log = logging.getLogger("mentor.reconcile")
+
+# Status fields a stage's result JSON may set, per kind (wire names).
+RESULT_FIELDS = {
+    "DomainDataset": ("stats", "contentHash", "outputUri"),
+    "FineTuneJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
+    "RLHFJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
+    "Evaluation": ("passed", "failedGates", "metrics", "comparison", "summary", "reportUri", "calibratedTemperature"),
+}
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: Settings
+    kubeflow_trainer: bool = False
+
+
+def format_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        parts.append(f"spec.{path}: {item['msg']}" if path else f"spec: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _write_status(ctx: Context, body: dict[str, Any], changes: dict[str, Any], event: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Merge `changes` into status when they change anything; post `event` (type, reason) then."""
+    meta = body["metadata"]
+    current = body.get("status") or {}
+    if all(current.get(key) == value for key, value in changes.items()):
+        return current
+    ctx.kube.patch_status(body["kind"], meta["namespace"], meta["name"], changes)
+    merged = {**current, **changes}
+    PHASES.observe(body["kind"], meta["namespace"], meta["name"], merged.get("phase"))
+    if event and changes.get("message") and changes.get("message") != current.get("message"):
+        kind, reason = event
+        (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=changes["message"])
+    return merged
+
+
+def _phase_status(body: dict[str, Any], phase: str, reason: str, message: str, ready: bool = False) -> dict[str, Any]:
+    current = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    conditions = set_condition(current.get("conditions"), "Ready", ready, reason, message, generation)
+    if phase in TERMINAL_PHASES:
+        conditions = set_condition(conditions, "Succeeded", phase == "Succeeded", reason, message, generation)
+    return {"phase": phase, "message": message, "conditions": conditions, "observedGeneration": generation}
+
+
+def reconcile(ctx: Context, body: dict[str, Any]) -> None:
+    """Bring one resource's children and status in line with its spec.
+    Raises kopf.TemporaryError while it waits for a dependency (kopf retries)."""
+    kind = body["kind"]
+    started = time.perf_counter()
+    try:
+        outcome = _reconcile(ctx, body)
+        RECONCILES.labels(kind, outcome).inc()
+    except kopf.TemporaryError:
+        RECONCILES.labels(kind, "waiting").inc()
+        raise
+    except Exception:
+        RECONCILE_ERRORS.labels(kind).inc()
+        raise
+    finally:
+        RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+
+def _reconcile(ctx: Context, body: dict[str, Any]) -> str:
+    api = KINDS[body["kind"]]
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    status = body.get("status") or {}
+    try:
+        spec = api.spec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        message = format_validation_error(error)
+        _write_status(ctx, body, _phase_status(body, "Failed", "InvalidSpec", message), ("Warning", "InvalidSpec"))
+        return "invalid"
+    if status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == meta.get("generation"):
+        return "done"
+
+    resolution = resolve_inputs(body["kind"], body["spec"], lambda kind, name: ctx.kube.get(kind, namespace, name))
+    if not resolution.ready:
+        blocked = bool(resolution.blocked)
+        message = "; ".join(resolution.blocked or resolution.waiting)
+        reason = "DependencyNotUsable" if blocked else "WaitingForDependency"
+        phase = "Failed" if blocked else "Waiting"
+        _write_status(ctx, body, _phase_status(body, phase, reason, message), ("Warning" if blocked else "Normal", reason))
+        delay = ctx.settings.retry_delay_seconds * (6 if blocked else 1)
+        raise kopf.TemporaryError(message, delay=delay)
+
+    out = output_uri(spec, body, ctx.settings)
+    if body["kind"] == "ModelDeployment":
+        return _reconcile_deployment(ctx, body, spec, resolution.values, out)
+    plan = plan_job_children(body, spec, resolution.values, ctx.settings, ctx.kubeflow_trainer)
+    runner = _apply(ctx, plan.children, plan.runner)
+    extra = {"outputUri": out, "children": _children_names(plan.children)}
+    if body["kind"] == "Evaluation":
+        extra["modelUri"] = resolution.values.get("model_uri")
+    if not status.get("startTime"):
+        extra["startTime"] = now()
+    fold_runner(ctx, {**body, "status": {**status}}, runner, extra)
+    return "applied"
+
+
+def _apply(ctx: Context, children: list[dict[str, Any]], runner_plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Apply children; an existing runner only gets its suspend flag (Job templates are
+    immutable, and re-applying it must never make a second one)."""
+    runner = None
+    if runner_plan is not None:
+        m = runner_plan["metadata"]
+        runner = ctx.kube.get(runner_plan["kind"], m["namespace"], m["name"], runner_plan["apiVersion"])
+    for child in children:
+        if child is runner_plan and runner is not None:
+            wanted = runner_plan["spec"].get("suspend", False)
+            if bool((runner.get("spec") or {}).get("suspend")) != wanted:
+                m = runner_plan["metadata"]
+                runner = ctx.kube.patch(child["kind"], m["namespace"], m["name"], {"spec": {"suspend": wanted}}, child["apiVersion"])
+            continue
+        if runner is not None and child["kind"] == "ConfigMap":
+            continue  # the running stage keeps the config it started with
+        applied = ctx.kube.apply(child)
+        if child is runner_plan:
+            runner = applied
+    return runner
+
+
+def _children_names(children: list[dict[str, Any]]) -> dict[str, str]:
+    field = {
+        "ConfigMap": "configMap",
+        "Job": "job",
+        "TrainJob": "trainJob",
+        "Service": "service",
+        "InferenceService": "inferenceService",
+        "CronJob": "cronJob",
+    }
+    names: dict[str, str] = {}
+    for child in children:
+        names.setdefault(field[child["kind"]], child["metadata"]["name"])
+    return names
+
+
+def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> str:
+    """Fold the runner's state (and, at the end, its pods' termination messages) into status."""
+    kind = body["kind"]
+    meta = body["metadata"]
+    state = runner_state(runner)
+    changes = _phase_status(body, state.phase, state.reason, state.message, ready=state.phase == "Succeeded")
+    changes.update(extra or {})
+    if state.start_time:
+        changes["startTime"] = (body.get("status") or {}).get("startTime") or state.start_time
+    event = None
+    if state.phase in TERMINAL_PHASES and runner is not None:
+        changes["completionTime"] = state.completion_time or now()
+        pods = ctx.kube.list("Pod", meta["namespace"], "v1", f"batch.kubernetes.io/job-name={runner['metadata']['name']}")
+        termination = pod_termination(pods, state.phase)
+        if state.phase == "Failed":
+            if termination:
+                changes.update(_phase_status(body, "Failed", termination[0], termination[1]))
+            event = ("Warning", "StageFailed")
+        else:
+            result = parse_result(termination[1]) if termination else {}
+            changes.update({k: result[k] for k in RESULT_FIELDS.get(kind, ()) if k in result})
+            changes.update(_default_outputs(kind, body, changes))
+            event = ("Normal", "StageSucceeded")
+    _write_status(ctx, body, changes, event)
+    return state.phase
+
+
+def _default_outputs(kind: str, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Where a stage writes by convention, for results that did not say."""
+    out = changes.get("outputUri") or (body.get("status") or {}).get("outputUri")
+    if kind in ("FineTuneJob", "RLHFJob") and not changes.get("modelUri") and out:
+        return {"modelUri": f"{out.rstrip('/')}/model/"}
+    return {}
+
+
+def _reconcile_deployment(ctx: Context, body: dict[str, Any], spec: Any, resolved: dict[str, Any], out: str) -> str:
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    export_name = child_name(meta["name"], "export")
+    export_job = ctx.kube.get("Job", meta["namespace"], export_name, "batch/v1")
+    exported = runner_state(export_job).phase == "Succeeded"
+    plan = plan_deployment_children(body, spec, resolved, ctx.settings, exported)
+    runner = _apply(ctx, [c for c in plan.children if c["kind"] != "InferenceService"], plan.runner)
+    isvc = next((c for c in plan.children if c["kind"] == "InferenceService"), None)
+    applied_isvc = ctx.kube.apply(isvc) if isvc else None
+    extra = {
+        "outputUri": out,
+        "children": _children_names(plan.children),
+        "modelUri": resolved.get("model_uri"),
+        "startTime": status.get("startTime") or now(),
+    }
+    fold_deployment(ctx, {**body, "status": status}, runner, applied_isvc, extra)
+    return "applied"
+
+
+def fold_deployment(
+    ctx: Context, body: dict[str, Any], export_job: dict[str, Any] | None, isvc: dict[str, Any] | None, extra: dict[str, Any] | None = None
+) -> str:
+    status = body.get("status") or {}
+    export = runner_state(export_job)
+    if export.phase == "Failed":
+        pods = ctx.kube.list("Pod", body["metadata"]["namespace"], "v1", f"batch.kubernetes.io/job-name={export_job['metadata']['name']}")
+        reason, message = pod_termination(pods, "Failed") or (export.reason, export.message)
+        changes = _phase_status(body, "Failed", reason, f"export failed: {message}")
+        event = ("Warning", "ExportFailed")
+    elif export.phase != "Succeeded":
+        phase = "Suspended" if export.phase == "Suspended" else "Deploying"
+        changes = _phase_status(body, phase, "Exporting", f"exporting the model ({export.message})")
+        event = None
+    else:
+        phase, reason, message = inference_service_phase(isvc, status.get("phase") in ("Ready", "Degraded"))
+        changes = _phase_status(body, phase, reason, message, ready=phase == "Ready")
+        isvc_status = (isvc or {}).get("status") or {}
+        if isvc_status.get("url"):
+            changes["url"] = isvc_status["url"]
+        event = ("Normal", "Serving") if phase == "Ready" else ("Warning", reason) if phase == "Degraded" else None
+    changes.update(extra or {})
+    _write_status(ctx, body, changes, event)
+    return changes["phase"]

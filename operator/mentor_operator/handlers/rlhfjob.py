@@ -1,0 +1,6 @@
+"""kopf handlers of RLHFJob."""
+
+from ..api import KINDS
+from .common import register
+
+register(KINDS["RLHFJob"])

@@ -1,0 +1,108 @@
+"""A thin JSON client over the kubernetes package's ApiClient: server-side apply, status
+patches and reads, without the generated models (plain dicts are cheaper and match kopf)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .api import API_VERSION, KINDS
+
+FIELD_MANAGER = "mentor-operator"
+
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Pod": "pods",
+    "Event": "events",
+    "Job": "jobs",
+    "CronJob": "cronjobs",
+    "TrainJob": "trainjobs",
+    "InferenceService": "inferenceservices",
+    **{kind: api.info.plural for kind, api in KINDS.items()},
+}
+API_VERSIONS = {kind: API_VERSION for kind in KINDS}
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+
+def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{root}/namespaces/{namespace}/{PLURALS[kind]}" if namespace else f"{root}/{PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient):
+        self.api_client = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, Any]] | None = None,
+    ) -> dict[str, Any] | None:
+        """One API call; returns the decoded JSON body, or None for 404."""
+        try:
+            response = self.api_client.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = response.data
+        return json.loads(data) if data else {}
+
+    def get(self, kind: str, namespace: str, name: str, api_version: str | None = None) -> dict[str, Any] | None:
+        return self.request("GET", object_path(api_version or API_VERSIONS[kind], kind, namespace, name))
+
+    def list(self, kind: str, namespace: str, api_version: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self.request("GET", object_path(api_version, kind, namespace), query=query) or {}
+        return result.get("items", [])
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: idempotent, so a restarted operator never makes a second copy."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        result = self.request(
+            "PATCH",
+            path,
+            body=json.dumps(obj),
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        )
+        assert result is not None, f"apply of {path} returned 404"
+        return result
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        path = object_path(API_VERSIONS[kind], kind, namespace, name) + "/status"
+        return self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], api_version: str) -> dict[str, Any] | None:
+        path = object_path(api_version, kind, namespace, name)
+        return self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    def crd_installed(self, name: str) -> bool:
+        return self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") is not None

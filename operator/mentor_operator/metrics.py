@@ -1,0 +1,52 @@
+"""Prometheus metrics of the operator (served on settings.metrics_port)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+RECONCILES = Counter("mentor_reconciles_total", "Reconciliations by kind and outcome.", ["kind", "outcome"])
+RECONCILE_ERRORS = Counter("mentor_reconcile_errors_total", "Reconciliations that raised an unexpected error.", ["kind"])
+RECONCILE_SECONDS = Histogram(
+    "mentor_reconcile_duration_seconds",
+    "Time spent in one reconciliation.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class PhaseTracker:
+    """Current phase of every resource this replica has seen; exported as a gauge."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phases: dict[tuple[str, str, str], str] = {}
+
+    def observe(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phases.pop((kind, namespace, name), None)
+            else:
+                self._phases[(kind, namespace, name)] = phase
+
+    def counts(self) -> Tally:
+        with self._lock:
+            return Tally((kind, phase) for (kind, _, _), phase in self._phases.items())
+
+    def collect(self):
+        family = GaugeMetricFamily("mentor_resources", "Mentor resources by kind and phase.", labels=["kind", "phase"])
+        for (kind, phase), count in sorted(self.counts().items()):
+            family.add_metric([kind, phase], count)
+        yield family
+
+
+PHASES = PhaseTracker()
+REGISTRY.register(PHASES)
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

@@ -1,0 +1,123 @@
+"""Pure status logic: metav1.Condition bookkeeping and folding child state into a phase."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """Conditions with `type_` set; lastTransitionTime only moves when the status flips."""
+    status = ("True" if status else "False") if isinstance(status, bool) else status
+    result = [dict(c) for c in conditions or [] if c.get("type") != type_]
+    previous = next((c for c in conditions or [] if c.get("type") == type_), None)
+    changed = previous is None or previous.get("status") != status
+    condition = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": now() if changed else previous.get("lastTransitionTime", now()),
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    result.append(condition)
+    return sorted(result, key=lambda c: c["type"])
+
+
+@dataclass
+class RunnerState:
+    """What a Job (or TrainJob) says about the stage it runs."""
+
+    phase: str
+    reason: str = ""
+    message: str = ""
+    start_time: str | None = None
+    completion_time: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _true_condition(obj: dict[str, Any], *types: str) -> dict[str, Any] | None:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in types and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def runner_state(runner: dict[str, Any] | None) -> RunnerState:
+    """Phase of a Job or TrainJob from its spec and status."""
+    if not runner:
+        return RunnerState("Pending", "Creating", "creating the job")
+    status = runner.get("status") or {}
+    start, end = status.get("startTime"), status.get("completionTime")
+    done = _true_condition(runner, "Complete", "SuccessCriteriaMet")
+    if done:
+        return RunnerState("Succeeded", "Completed", done.get("message") or "the stage finished", start, end or done.get("lastTransitionTime"))
+    failed = _true_condition(runner, "Failed", "FailureTarget")
+    if failed:
+        return RunnerState(
+            "Failed", failed.get("reason") or "Failed", failed.get("message") or "the stage failed", start, failed.get("lastTransitionTime")
+        )
+    if (runner.get("spec") or {}).get("suspend") or _true_condition(runner, "Suspended"):
+        return RunnerState("Suspended", "Suspended", "the job is suspended", start)
+    if status.get("active") or status.get("ready"):
+        return RunnerState("Running", "Running", "the stage is running", start)
+    return RunnerState("Pending", "PodsPending", "waiting for the stage's pods to start", start)
+
+
+def pod_termination(pods: list[dict[str, Any]], phase: str) -> tuple[str, str] | None:
+    """(reason, message) of the newest pod in `phase` that left a termination message.
+    The trainer writes its error (on failure) or its result JSON (on success) there."""
+    best: tuple[str, tuple[str, str]] | None = None
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != phase:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            message = (terminated.get("message") or "").strip()
+            if not message and phase == "Failed":
+                message = f"container {container.get('name')} exited with code {terminated.get('exitCode')}"
+            if message:
+                stamp = terminated.get("finishedAt") or ""
+                candidate = (terminated.get("reason") or "Error", message)
+                if best is None or stamp >= best[0]:
+                    best = (stamp, candidate)
+    return best[1] if best else None
+
+
+def parse_result(message: str) -> dict[str, Any]:
+    """The result JSON a successful stage leaves as its termination message ({} if none)."""
+    try:
+        result = json.loads(message)
+    except ValueError:
+        return {}
+    return result if isinstance(result, dict) else {}
+
+
+def inference_service_phase(isvc: dict[str, Any] | None, was_ready: bool) -> tuple[str, str, str]:
+    """(phase, reason, message) of a ModelDeployment from its InferenceService."""
+    if not isvc:
+        return "Deploying", "Creating", "creating the InferenceService"
+    ready = next(
+        (c for c in (isvc.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None
+    )
+    if ready and ready.get("status") == "True":
+        return "Ready", "InferenceServiceReady", "serving"
+    reason = (ready or {}).get("reason") or "InferenceServiceNotReady"
+    message = (ready or {}).get("message") or "waiting for the InferenceService to become ready"
+    return ("Degraded" if was_ready else "Deploying"), reason, message

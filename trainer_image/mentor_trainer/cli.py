@@ -1,0 +1,116 @@
+"""`mentor-trainer <stage> --config FILE`: run one stage with its rendered config.
+
+Contract with the operator and the local executor:
+- each stage is a module with `main(config) -> dict`; the dict is the stage's result, with
+  status field names in camelCase (e.g. {"modelUri": ..., "metrics": {...}});
+- on success the result JSON is written as the container's termination message, which the
+  operator folds into the resource's status (no extra RBAC needed);
+- on failure the error (one line, naming the cause) is written there instead, and the exit
+  code says whether a retry can help: 2 = permanent (bad config or input), 1 = maybe transient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import STAGE_CONFIGS
+from .errors import StageError
+
+# stage -> module holding its main(config)
+STAGE_MODULES = {
+    "data": "mentor_trainer.data",
+    "sft": "mentor_trainer.train.sft",
+    "rlhf": "mentor_trainer.train.rlhf",
+    "evaluate": "mentor_trainer.evaluate",
+    "export": "mentor_trainer.export",
+    "serve": "mentor_trainer.serve",
+    "drift": "mentor_trainer.drift",
+}
+TERMINATION_LOG = "/dev/termination-log"
+EXIT_TRANSIENT = 1
+EXIT_PERMANENT = 2
+# Kubernetes keeps at most 4096 bytes of a termination message.
+MAX_MESSAGE = 4096
+
+
+def available_stages() -> list[str]:
+    def present(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    return [stage for stage, module in STAGE_MODULES.items() if present(module)]
+
+
+def termination_log() -> Path | None:
+    path = Path(os.environ.get("MENTOR_TERMINATION_LOG", TERMINATION_LOG))
+    return path if path.parent.is_dir() and os.access(path.parent if not path.exists() else path, os.W_OK) else None
+
+
+def write_termination(message: str) -> None:
+    path = termination_log()
+    if path is not None:
+        path.write_text(message[-MAX_MESSAGE:] if len(message) > MAX_MESSAGE else message)
+
+
+def load_config(stage: str, args: argparse.Namespace):
+    model = STAGE_CONFIGS[stage]
+    if args.config_env:
+        source, text = f"${args.config_env}", os.environ.get(args.config_env, "")
+    else:
+        source = args.config
+        try:
+            text = Path(args.config).read_text()
+        except OSError as error:
+            raise StageError(f"cannot read config {args.config}: {error.strerror}") from error
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise StageError(f"invalid {stage} config in {source}: {problems}") from error
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> dict:
+    if stage not in available_stages():
+        raise StageError(f"stage {stage!r} is not part of this build (available: {', '.join(available_stages()) or 'none'})")
+    config = load_config(stage, args)
+    module = importlib.import_module(STAGE_MODULES[stage])
+    return module.main(config) or {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mentor-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(STAGE_MODULES), help="Stage to run.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="Path of the rendered stage config (JSON).")
+    source.add_argument("--config-env", help="Environment variable holding the config JSON (Kubeflow TrainJob).")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_stage(args.stage, args)
+    except StageError as error:
+        print(f"mentor-trainer {args.stage}: {error}", file=sys.stderr)
+        write_termination(str(error))
+        return EXIT_PERMANENT if error.permanent else EXIT_TRANSIENT
+    except Exception as error:  # the message must reach status whatever went wrong
+        traceback.print_exc()
+        write_termination(f"{type(error).__name__}: {error}")
+        return EXIT_TRANSIENT
+    write_termination(json.dumps(result, separators=(",", ":"), sort_keys=True))
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

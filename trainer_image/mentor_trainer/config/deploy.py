@@ -1,0 +1,130 @@
+"""Configs of the serving side: `mentor-trainer export`, `serve` and `drift`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import CelRule, Fraction, ModelUri, NonNegativeInt, PositiveInt, Spec, StageRuntime, StorageUri
+
+Runtime = Literal["mentor", "huggingface", "vllm", "triton"]
+
+
+class QuantizationExport(Spec):
+    """Post-training quantisation applied by the export job."""
+
+    method: Literal["none", "int8", "int4", "fp8"] = Field(default="none", description="Weight quantisation.")
+
+
+class Rag(Spec):
+    """Retrieval-augmented generation with the dataset's index."""
+
+    enabled: bool = Field(default=True, description="Retrieve context for each request.")
+    top_k: PositiveInt = Field(default=5, le=100, description="Chunks retrieved per request.")
+    rerank: bool = Field(default=True, description="Re-rank retrieved chunks (dense + BM25 fusion, then cross-check).")
+    dataset_ref: str | None = Field(
+        default=None, description="DomainDataset whose index is used (default: the model's training dataset)."
+    )
+
+
+class Scaling(Spec):
+    """Replica bounds and the autoscaling target."""
+
+    cel_rules = (
+        CelRule(rule="self.maxReplicas >= self.minReplicas", message="maxReplicas must be >= minReplicas", field_path=".maxReplicas"),
+    )
+
+    min_replicas: NonNegativeInt = Field(default=1, description="Minimum replicas (0 allows scale to zero).")
+    max_replicas: PositiveInt = Field(default=1, description="Maximum replicas.")
+    target_concurrency: PositiveInt | None = Field(default=None, description="Concurrent requests per replica to scale on.")
+
+
+class Canary(Spec):
+    """Gradual rollout of a new model version."""
+
+    traffic_percent: int = Field(default=10, ge=1, le=99, description="Percent of traffic sent to the new model.")
+    promote_after_minutes: PositiveInt = Field(default=30, description="Promote when healthy this long.")
+    max_error_rate: Fraction = Field(default=0.05, description="Roll back above this error rate.")
+
+
+class PayloadLogging(Spec):
+    """Logging of requests and responses, the input of drift monitoring."""
+
+    enabled: bool = Field(default=True, description="Log payloads.")
+    sample_rate: Fraction = Field(default=1.0, description="Share of requests logged.")
+    uri: StorageUri | None = Field(default=None, description="Where logs go (default: under the deployment's output).")
+
+
+class Drift(Spec):
+    """Evidently drift check over logged traffic against the training reference."""
+
+    schedule: str = Field(default="0 * * * *", min_length=9, description="Cron schedule of the check.")
+    window_requests: PositiveInt = Field(default=10000, description="Latest logged requests compared.")
+    threshold: Fraction = Field(default=0.5, description="Share of drifted features that counts as drift.")
+    min_requests: PositiveInt = Field(default=200, description="Skip the check with fewer logged requests.")
+    reference_uri: StorageUri | None = Field(
+        default=None, description="Reference data (default: the training dataset's validation split)."
+    )
+
+
+class Retrain(Spec):
+    """What happens on drift: new DomainDataset/FineTuneJob/Evaluation objects."""
+
+    enabled: bool = Field(default=False, description="Create a retraining pipeline on drift.")
+    cooldown_minutes: PositiveInt = Field(default=1440, description="Minimum time between two retrainings.")
+    max_concurrent: PositiveInt = Field(default=1, le=10, description="Retraining pipelines running at once.")
+
+
+class Monitoring(Spec):
+    """Monitoring of live traffic."""
+
+    drift: Drift | None = Field(default=None, description="Drift checks; omitted means none.")
+    retrain: Retrain = Field(default_factory=Retrain, description="Retraining policy on drift.")
+
+
+class ServingOptions(Spec):
+    """Everything a user declares about serving a model."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.runtime != 'triton' || self.quantization.method != 'fp8'",
+            message="the triton runtime serves none, int8 or int4 weights",
+            field_path=".quantization.method",
+        ),
+    )
+
+    runtime: Runtime = Field(default="mentor", description="mentor (KServe ModelServer with RAG), huggingface, vllm or triton.")
+    quantization: QuantizationExport = Field(default_factory=QuantizationExport, description="Export quantisation.")
+    temperature: float | None = Field(
+        default=None, gt=0, le=5, description="Logit temperature; default: the evaluation's calibrated temperature."
+    )
+    max_new_tokens: PositiveInt = Field(default=512, description="Default generation length.")
+    rag: Rag | None = Field(default=None, description="Retrieval-augmented generation.")
+    scaling: Scaling = Field(default_factory=Scaling, description="Replicas.")
+    canary: Canary | None = Field(default=None, description="Canary rollout of new versions.")
+    logging: PayloadLogging = Field(default_factory=PayloadLogging, description="Payload logging.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Drift monitoring and retraining.")
+
+
+class ExportStageConfig(StageRuntime):
+    """The rendered config `mentor-trainer export` reads: model -> servable artefact."""
+
+    model_uri: ModelUri = Field(description="Model to export.")
+    runtime: Runtime = Field(description="Target runtime.")
+    quantization: QuantizationExport = Field(default_factory=QuantizationExport, description="Quantisation.")
+
+
+class ServeStageConfig(StageRuntime, ServingOptions):
+    """The rendered config the mentor ModelServer reads."""
+
+    model_uri: ModelUri = Field(description="Exported model to serve.")
+    index_uri: StorageUri | None = Field(default=None, description="Retrieval index for RAG.")
+
+
+class DriftStageConfig(StageRuntime):
+    """The rendered config `mentor-trainer drift` reads."""
+
+    drift: Drift = Field(description="Drift settings.")
+    payload_log_uri: StorageUri = Field(description="Logged traffic.")
+    reference_uri: StorageUri = Field(description="Reference data.")
