@@ -109,6 +109,25 @@ def parse_result(message: str) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
+# Status fields a stage's result may set, per kind (wire names).
+RESULT_FIELDS = {
+    "DomainDataset": ("stats", "contentHash", "outputUri"),
+    "FineTuneJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
+    "RLHFJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
+    "Evaluation": ("passed", "failedGates", "metrics", "comparison", "summary", "reportUri", "calibratedTemperature"),
+    "ModelDeployment": ("modelUri",),
+}
+
+
+def result_status(kind: str, result: dict[str, Any], output_uri: str | None) -> dict[str, Any]:
+    """Status fields from a finished stage's result, with the conventional output paths for
+    what the result did not say."""
+    changes = {key: result[key] for key in RESULT_FIELDS.get(kind, ()) if key in result}
+    if kind in ("FineTuneJob", "RLHFJob") and not changes.get("modelUri") and output_uri:
+        changes["modelUri"] = f"{output_uri.rstrip('/')}/model/"
+    return changes
+
+
 def inference_service_phase(isvc: dict[str, Any] | None, was_ready: bool) -> tuple[str, str, str]:
     """(phase, reason, message) of a ModelDeployment from its InferenceService."""
     if not isvc:

@@ -29,20 +29,12 @@ from ..status import (
     now,
     parse_result,
     pod_termination,
+    result_status,
     runner_state,
     set_condition,
 )
 
 log = logging.getLogger("mentor.reconcile")
-
-# Status fields a stage's result JSON may set, per kind (wire names).
-RESULT_FIELDS = {
-    "DomainDataset": ("stats", "contentHash", "outputUri"),
-    "FineTuneJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
-    "RLHFJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
-    "Evaluation": ("passed", "failedGates", "metrics", "comparison", "summary", "reportUri", "calibratedTemperature"),
-}
-
 
 @dataclass
 class Context:
@@ -196,19 +188,11 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
             event = ("Warning", "StageFailed")
         else:
             result = parse_result(termination[1]) if termination else {}
-            changes.update({k: result[k] for k in RESULT_FIELDS.get(kind, ()) if k in result})
-            changes.update(_default_outputs(kind, body, changes))
+            out = changes.get("outputUri") or (body.get("status") or {}).get("outputUri")
+            changes.update(result_status(kind, result, out))
             event = ("Normal", "StageSucceeded")
     _write_status(ctx, body, changes, event)
     return state.phase
-
-
-def _default_outputs(kind: str, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Where a stage writes by convention, for results that did not say."""
-    out = changes.get("outputUri") or (body.get("status") or {}).get("outputUri")
-    if kind in ("FineTuneJob", "RLHFJob") and not changes.get("modelUri") and out:
-        return {"modelUri": f"{out.rstrip('/')}/model/"}
-    return {}
 
 
 def _reconcile_deployment(ctx: Context, body: dict[str, Any], spec: Any, resolved: dict[str, Any], out: str) -> str:

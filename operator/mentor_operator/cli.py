@@ -1,0 +1,100 @@
+"""`mentor`: run the operator, validate resource files, or run a pipeline locally."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=args.standalone,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .resources import load, order, validate_all
+
+    documents, problems = load(args.file)
+    problems += validate_all(documents)
+    if not problems:
+        try:
+            order(documents)
+        except ValueError as error:
+            print(error)
+            return 1
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{len(documents)} resource(s) valid")
+    return 1 if problems else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .local import LocalExecutor, StepResult
+    from .resources import load, order, validate_all
+
+    documents, problems = load(args.file)
+    problems += validate_all(documents)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    if not documents:
+        print("no mentor.dev resources found", file=sys.stderr)
+        return 1
+    ordered = order(documents)
+    print(f"running {len(ordered)} resource(s) under {args.root}: " + " -> ".join(d.label for d in ordered))
+
+    def report(step: StepResult) -> None:
+        line = f"<== {step.kind}/{step.name}: {step.phase} in {step.seconds:.1f}s"
+        print(line + (f": {step.message}" if step.message else ""))
+
+    results = LocalExecutor(Path(args.root)).run(ordered, on_step=report)
+    print(f"\n{'KIND':<16} {'NAME':<28} {'PHASE':<10} {'SECONDS':>8}  OUTPUT")
+    for step in results:
+        output = step.status.get("modelUri") or step.status.get("outputUri") or ""
+        print(f"{step.kind:<16} {step.name:<28} {step.phase:<10} {step.seconds:>8.1f}  {output}")
+    return 0 if all(step.phase == "Succeeded" for step in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mentor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    op = sub.add_parser("operator", help="Run the kopf operator against the current kubeconfig.")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", help="Namespace to watch (repeatable).")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default).")
+    op.add_argument("--standalone", action="store_true", help="No peering (a single replica).")
+    op.add_argument("--peering", default="mentor", help="Peering name shared by replicas (default: mentor).")
+    op.add_argument("--liveness", default=None, help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
+    op.add_argument("-v", "--verbose", action="store_true")
+    op.set_defaults(func=_operator)
+
+    val = sub.add_parser("validate", help="Check resource files offline with the CRDs' rules.")
+    val.add_argument("-f", "--file", action="append", required=True, help="File or directory (repeatable).")
+    val.set_defaults(func=_validate)
+
+    run = sub.add_parser("run", help="Run a pipeline's stages locally in dependency order.")
+    run.add_argument("-f", "--file", action="append", required=True, help="File or directory (repeatable).")
+    run.add_argument("--root", default=".mentor", help="Local artifact root (default: ./.mentor).")
+    run.set_defaults(func=_run)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`mentor run`: the same resource files, models, resolution and rendered configs as on a
+cluster, with each stage run as a local process in dependency order, artifacts under a
+file:// root and MLflow on SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from .api import KINDS
+from .builders.config import output_uri, render_stage_config
+from .builders.inputs import resolve_inputs
+from .resources import Document
+from .settings import Settings
+from .status import TERMINAL_PHASES, now, parse_result, result_status
+
+
+@dataclass
+class StepResult:
+    kind: str
+    name: str
+    phase: str
+    message: str = ""
+    seconds: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def absolute_file_uris(value: Any, base: Path) -> Any:
+    """file:// URIs without a leading "/" are relative to the resource file's directory, so
+    an example runs from any working directory."""
+    if isinstance(value, dict):
+        return {k: absolute_file_uris(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [absolute_file_uris(v, base) for v in value]
+    if isinstance(value, str) and value.startswith("file://") and not value.startswith("file:///"):
+        relative = value[len("file://") :]
+        resolved = (base / relative).resolve()
+        return resolved.as_uri() + ("/" if relative.endswith("/") else "")
+    return value
+
+
+class LocalExecutor:
+    def __init__(self, root: Path, out: TextIO = sys.stdout, python: str = sys.executable):
+        self.root = root.resolve()
+        self.out = out
+        self.python = python
+        self.settings = Settings(
+            artifact_root=(self.root / "artifacts").as_uri(),
+            mlflow_tracking_uri=f"sqlite:///{self.root / 'mlflow.db'}",
+        )
+        self.bodies: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def lookup(self, kind: str, name: str) -> dict[str, Any] | None:
+        return self.bodies.get((kind, name))
+
+    def run(self, documents: list[Document], on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
+        """Run every resource (already validated and ordered); a failure stops its dependents."""
+        (self.root / "configs").mkdir(parents=True, exist_ok=True)
+        results = []
+        for doc in documents:
+            result = self._run_one(doc)
+            results.append(result)
+            if on_step:
+                on_step(result)
+        return results
+
+    def _body(self, doc: Document) -> dict[str, Any]:
+        meta = doc.body.get("metadata") or {}
+        return {
+            "apiVersion": doc.body["apiVersion"],
+            "kind": doc.kind,
+            "metadata": {"name": doc.name, "namespace": meta.get("namespace", "default"), "uid": "local", "generation": 1},
+            "spec": absolute_file_uris(doc.body["spec"], doc.path.parent.resolve()),
+            "status": {},
+        }
+
+    def _run_one(self, doc: Document) -> StepResult:
+        body = self._body(doc)
+        self.bodies[(doc.kind, doc.name)] = body
+        api = KINDS[doc.kind]
+        spec = api.spec.model_validate(body["spec"])
+        started = time.perf_counter()
+        resolution = resolve_inputs(doc.kind, body["spec"], self.lookup)
+        if not resolution.ready:
+            return self._finish(body, "Failed", "; ".join(resolution.blocked or resolution.waiting), started)
+        out = output_uri(spec, body, self.settings)
+        body["status"].update(phase="Running", startTime=now(), outputUri=out)
+        # A ModelDeployment runs its export stage here; serving is not started locally.
+        stage = api.info.stage
+        config = render_stage_config(spec, body, resolution.values, self.settings, stage)
+        ok, message = self._run_stage(doc, stage, config)
+        if not ok:
+            return self._finish(body, "Failed", message, started)
+        status = result_status(doc.kind, parse_result(message), out)
+        if doc.kind == "Evaluation":
+            status.setdefault("modelUri", resolution.values.get("model_uri"))
+        body["status"].update(status)
+        return self._finish(body, "Succeeded", "", started)
+
+    def _run_stage(self, doc: Document, stage: str, config: Any) -> tuple[bool, str]:
+        config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-{stage}.json"
+        config_path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+        termination = config_path.with_suffix(".result")
+        termination.unlink(missing_ok=True)
+        env = {**os.environ, "MENTOR_TERMINATION_LOG": str(termination), "MLFLOW_TRACKING_URI": self.settings.mlflow_tracking_uri}
+        self.out.write(f"==> {doc.kind}/{doc.name}: mentor-trainer {stage} --config {config_path}\n")
+        self.out.flush()
+        process = subprocess.Popen(
+            [self.python, "-m", "mentor_trainer.cli", stage, "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.out.write(f"    [{doc.name}] {line}")
+            self.out.flush()
+        code = process.wait()
+        message = termination.read_text() if termination.exists() else ""
+        if code != 0:
+            return False, message or f"mentor-trainer {stage} exited with code {code}"
+        return True, message
+
+    def _finish(self, body: dict[str, Any], phase: str, message: str, started: float) -> StepResult:
+        assert phase in TERMINAL_PHASES
+        body["status"].update(phase=phase, message=message, completionTime=now())
+        result = StepResult(
+            body["kind"], body["metadata"]["name"], phase, message, time.perf_counter() - started, dict(body["status"])
+        )
+        status_path = self.root / "status" / f"{body['kind'].lower()}-{body['metadata']['name']}.json"
+        status_path.parent.mkdir(parents=True, exist_ok=True)
+        status_path.write_text(json.dumps(body, indent=2, sort_keys=True))
+        return result

@@ -1,0 +1,68 @@
+"""Malformed resources, each with the field its rejection must name. Used twice: the real
+API server must reject them at `kubectl apply` (tests/cluster) and `mentor validate` must
+report the same field offline (tests/unit), so the two sets of rules cannot drift apart."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+GOOD = {
+    "DomainDataset": {"sources": [{"name": "docs", "uri": "s3://bucket/docs/"}]},
+    "FineTuneJob": {"baseModel": "s3://models/base/", "datasetRef": {"name": "docs"}},
+    "RLHFJob": {"algorithm": "dpo", "policyRef": {"name": "ft"}, "datasetRef": {"name": "docs"}},
+    "Evaluation": {"modelRef": {"name": "ft"}, "datasetRef": {"name": "docs"}},
+    "ModelDeployment": {"modelRef": {"name": "ft"}},
+}
+
+
+@dataclass(frozen=True)
+class BadCase:
+    id: str
+    kind: str
+    spec: dict[str, Any]
+    field: str  # path the error must name
+
+    def body(self, name: str) -> dict[str, Any]:
+        return {"apiVersion": "mentor.dev/v1alpha1", "kind": self.kind, "metadata": {"name": name}, "spec": self.spec}
+
+
+def _with(kind: str, **changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(GOOD[kind])
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+CASES = [
+    BadCase("negative-epochs", "FineTuneJob", _with("FineTuneJob", hyperparameters={"epochs": -1}), "spec.hyperparameters.epochs"),
+    BadCase("unknown-method", "FineTuneJob", _with("FineTuneJob", method="superlora"), "spec.method"),
+    BadCase("missing-base-model", "FineTuneJob", _with("FineTuneJob", baseModel=None), "spec.baseModel"),
+    BadCase("qlora-without-lora", "FineTuneJob", _with("FineTuneJob", method="qlora"), "spec.lora"),
+    BadCase("bad-uri-scheme", "FineTuneJob", _with("FineTuneJob", baseModel="ftp://models/base"), "spec.baseModel"),
+    BadCase("wrong-type-learning-rate", "FineTuneJob", _with("FineTuneJob", hyperparameters={"learningRate": "fast"}), "spec.hyperparameters.learningRate"),
+    BadCase("zero-nodes", "FineTuneJob", _with("FineTuneJob", distributed={"nodes": 0}), "spec.distributed.nodes"),
+    BadCase("unknown-field", "FineTuneJob", _with("FineTuneJob", epochs=3), "spec.epochs"),
+    BadCase("freeze-without-block", "FineTuneJob", _with("FineTuneJob", method="freeze"), "spec.freeze"),
+    BadCase("curriculum-not-ending-at-1", "FineTuneJob", _with("FineTuneJob", curriculum={"stages": [0.5, 0.3]}), "spec.curriculum.stages"),
+    BadCase("bad-memory-quantity", "FineTuneJob", _with("FineTuneJob", resources={"memory": "lots"}), "spec.resources.memory"),
+    BadCase("bad-reference-name", "FineTuneJob", _with("FineTuneJob", datasetRef={"name": "Bad_Name"}), "spec.datasetRef.name"),
+    BadCase("offload-params-needs-zero3", "FineTuneJob", _with("FineTuneJob", distributed={"deepspeed": {"stage": 2, "offloadParams": True}}), "spec.distributed.deepspeed.offloadParams"),
+    BadCase("no-sources", "DomainDataset", _with("DomainDataset", sources=[]), "spec.sources"),
+    BadCase("uri-and-inline", "DomainDataset", _with("DomainDataset", sources=[{"name": "a", "uri": "s3://b/k", "inline": [{"id": "x", "text": "t"}]}]), "spec.sources[0]"),
+    BadCase("split-not-summing-to-1", "DomainDataset", _with("DomainDataset", split={"train": 0.9, "validation": 0.2, "test": 0.1}), "spec.split"),
+    BadCase("threshold-above-1", "DomainDataset", _with("DomainDataset", dedup={"near": {"threshold": 1.5}}), "spec.dedup.near.threshold"),
+    BadCase("overlap-not-below-max", "DomainDataset", _with("DomainDataset", chunking={"maxTokens": 64, "overlapTokens": 64}), "spec.chunking.overlapTokens"),
+    BadCase("gate-unknown-metric", "Evaluation", _with("Evaluation", gates=[{"metric": "qa.f2", "op": ">=", "value": 0.5}]), "spec.gates[0].metric"),
+    BadCase("judge-suite-without-judge", "Evaluation", _with("Evaluation", suites=["qa", "judge"]), "spec.judge"),
+    BadCase("relative-gate-without-baseline", "Evaluation", _with("Evaluation", gates=[{"metric": "qa.f1", "op": ">=", "baselineDelta": 0.05}]), "spec.gates"),
+    BadCase("model-ref-and-uri", "Evaluation", _with("Evaluation", modelUri="s3://m/x"), "spec.modelRef"),
+    BadCase("unknown-runtime", "ModelDeployment", _with("ModelDeployment", runtime="tgi"), "spec.runtime"),
+    BadCase("max-below-min-replicas", "ModelDeployment", _with("ModelDeployment", scaling={"minReplicas": 3, "maxReplicas": 1}), "spec.scaling.maxReplicas"),
+    BadCase("grpo-without-reward", "RLHFJob", _with("RLHFJob", algorithm="grpo"), "spec.rewardFunctions"),
+    BadCase("policy-ref-and-model", "RLHFJob", _with("RLHFJob", policyModel="s3://m/p"), "spec.policyRef"),
+]
