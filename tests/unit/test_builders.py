@@ -1,0 +1,165 @@
+"""Builders are pure: resource in, child objects out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mentor_operator.api import KINDS
+from mentor_operator.builders import plan_deployment_children, plan_job_children
+from mentor_operator.builders.meta import child_name
+from mentor_operator.settings import Settings
+from mentor_trainer.config import SftStageConfig
+
+SETTINGS = Settings(artifact_root="s3://art", mlflow_tracking_uri="http://mlflow:5000", s3_endpoint="minio:9000")
+
+
+def body(kind: str, spec: dict, name: str = "demo") -> dict:
+    return {
+        "apiVersion": "mentor.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "team-a", "uid": "uid-1", "generation": 3},
+        "spec": spec,
+    }
+
+
+FTJ_SPEC = {
+    "baseModel": "s3://models/base/",
+    "datasetRef": {"name": "docs"},
+    "method": "dora",
+    "lora": {"r": 8, "alpha": 16, "targetModules": ["q_proj", "v_proj"]},
+    "hyperparameters": {"epochs": 2, "learningRate": 0.0001, "maxSeqLength": 1024},
+    "curriculum": {"stages": [0.5, 1.0]},
+    "resources": {"gpus": 2, "cpu": "8", "memory": "64Gi"},
+    "scheduling": {
+        "queue": "gpu-queue",
+        "priorityClassName": "training",
+        "nodeSelector": {"gpu": "h100"},
+        "podAnnotations": {"team": "a"},
+    },
+}
+
+
+def ftj_plan(spec=FTJ_SPEC, kubeflow=False):
+    b = body("FineTuneJob", spec)
+    model = KINDS["FineTuneJob"].spec.model_validate(spec)
+    return b, plan_job_children(b, model, {"base_model": spec["baseModel"], "dataset_uri": "s3://art/docs/"}, SETTINGS, kubeflow)
+
+
+def test_single_node_job_carries_scheduling_resources_and_security():
+    b, plan = ftj_plan()
+    config_map, job = plan.children
+    assert plan.runner is job and job["kind"] == "Job" and config_map["kind"] == "ConfigMap"
+    for obj in plan.children:
+        assert obj["metadata"]["ownerReferences"][0] == {
+            "apiVersion": "mentor.dev/v1alpha1", "kind": "FineTuneJob", "name": "demo", "uid": "uid-1",
+            "controller": True, "blockOwnerDeletion": True,
+        }
+        assert obj["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    pod = job["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["mentor-trainer", "sft", "--config", "/etc/mentor/config.json"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"]["memory"] == "64Gi"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["nodeSelector"] == {"gpu": "h100"}
+    assert pod["spec"]["priorityClassName"] == "training"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert pod["metadata"]["annotations"] == {"team": "a"}
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mentor-s3-credentials"
+
+
+def test_rendered_config_is_the_stage_config_with_every_option():
+    _, plan = ftj_plan()
+    config = SftStageConfig.model_validate_json(plan.children[0]["data"]["config.json"])
+    assert config.method == "dora" and config.lora.r == 8 and config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.curriculum.stages == [0.5, 1.0]
+    assert config.hyperparameters.max_seq_length == 1024
+    assert config.dataset_uri == "s3://art/docs/" and config.base_model == "s3://models/base/"
+    assert config.output_uri == "s3://art/team-a/finetunejob/demo/uid-1/"
+    assert config.run.generation == 3 and config.tracking.experiment == "team-a/FineTuneJob"
+    # every option the spec shares with the stage config reaches it, read yet or not
+    spec_model = KINDS["FineTuneJob"].spec.model_validate(FTJ_SPEC)
+    shared = set(SftStageConfig.model_fields) & set(type(spec_model).model_fields) - {"tracking", "output_uri"}
+    assert {"auto_layers", "checkpointing", "evaluation", "distributed", "trust_remote_code"} <= shared
+    for name in shared:
+        assert getattr(config, name) == getattr(spec_model, name), name
+
+
+def test_multi_node_without_kubeflow_is_an_indexed_job_and_headless_service():
+    spec = {**FTJ_SPEC, "distributed": {"nodes": 3, "gpusPerNode": 8, "deepspeed": {"stage": 3}}}
+    _, plan = ftj_plan(spec)
+    kinds = [c["kind"] for c in plan.children]
+    assert kinds == ["ConfigMap", "Service", "Job"]
+    service, job = plan.children[1], plan.children[2]
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 3
+    assert service["spec"]["clusterIP"] == "None"
+    assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "--nnodes=3" in script and "--nproc-per-node=8" in script
+    assert f"--master-addr={job['metadata']['name']}-0.{service['metadata']['name']}.team-a.svc" in script
+
+
+def test_multi_node_with_kubeflow_is_a_trainjob():
+    spec = {**FTJ_SPEC, "distributed": {"nodes": 2, "gpusPerNode": 4}}
+    _, plan = ftj_plan(spec, kubeflow=True)
+    train_job = plan.runner
+    assert train_job["kind"] == "TrainJob" and train_job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert train_job["spec"]["trainer"]["numNodes"] == 2 and train_job["spec"]["trainer"]["numProcPerNode"] == 4
+    assert train_job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+
+
+def test_data_job_has_no_gpu_and_suspend_is_passed_through():
+    spec = {"sources": [{"name": "s", "uri": "s3://b/k"}], "suspend": True}
+    b = body("DomainDataset", spec)
+    plan = plan_job_children(b, KINDS["DomainDataset"].spec.model_validate(spec), {}, SETTINGS, False)
+    job = plan.runner
+    assert job["spec"]["suspend"] is True
+    assert "nvidia.com/gpu" not in json.dumps(job["spec"]["template"]["spec"]["containers"][0]["resources"])
+
+
+@pytest.mark.parametrize("runtime,expected", [("huggingface", "kserve-huggingfaceserver"), ("vllm", "kserve-vllmserver"), ("triton", "kserve-tritonserver")])
+def test_inference_service_per_runtime(runtime, expected):
+    spec = {"modelUri": "s3://m/x/", "runtime": runtime, "canary": {"trafficPercent": 20}, "scaling": {"minReplicas": 1, "maxReplicas": 3}}
+    b = body("ModelDeployment", spec)
+    model = KINDS["ModelDeployment"].spec.model_validate(spec)
+    assert [c["kind"] for c in plan_deployment_children(b, model, {"model_uri": "s3://m/x/"}, SETTINGS, False).children] == ["ConfigMap", "Job"]
+    plan = plan_deployment_children(b, model, {"model_uri": "s3://m/x/"}, SETTINGS, True)
+    isvc = next(c for c in plan.children if c["kind"] == "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"]["runtime"] == expected
+    assert predictor["model"]["storageUri"] == "s3://art/team-a/modeldeployment/demo/uid-1/export/"
+    assert predictor["canaryTrafficPercent"] == 20 and predictor["maxReplicas"] == 3
+    assert not any(c["kind"] == "CronJob" for c in plan.children)
+
+
+def test_mentor_runtime_and_drift_cron_job():
+    spec = {"modelUri": "s3://m/x/", "rag": {"enabled": True, "datasetRef": "docs"}, "monitoring": {"drift": {"schedule": "*/5 * * * *"}}}
+    b = body("ModelDeployment", spec)
+    model = KINDS["ModelDeployment"].spec.model_validate(spec)
+    plan = plan_deployment_children(b, model, {"model_uri": "s3://m/x/", "index_uri": "s3://art/docs/index/"}, SETTINGS, True)
+    isvc = next(c for c in plan.children if c["kind"] == "InferenceService")
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert container["command"][:2] == ["mentor-trainer", "serve"]
+    serve_cm = next(c for c in plan.children if c["metadata"]["name"] == "demo-serve-config")
+    assert json.loads(serve_cm["data"]["config.json"])["indexUri"] == "s3://art/docs/index/"
+    cron = next(c for c in plan.children if c["kind"] == "CronJob")
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    drift_container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert drift_container["command"][:2] == ["mentor-trainer", "drift"]
+    assert "nvidia.com/gpu" not in drift_container["resources"]["requests"]
+
+
+def test_child_names_fit_label_limits():
+    long = "x" * 60
+    assert len(child_name(long, "sft")) <= 63
+    assert child_name(long, "sft") != child_name(long[:-1] + "y", "sft")
+    assert child_name("short", "sft") == "short-sft"
