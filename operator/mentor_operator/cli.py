@@ -18,6 +18,7 @@ def _operator(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=args.standalone,
         peering_name=args.peering,
+        priority=args.priority,
         liveness_endpoint=args.liveness,
     )
     return 0
@@ -75,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
     op = sub.add_parser("operator", help="Run the kopf operator against the current kubeconfig.")
     scope = op.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", help="Namespace to watch (repeatable).")
+    scope.add_argument("-n", "--namespace", action="append", help="Namespace or glob to watch (repeatable).")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default).")
     op.add_argument("--standalone", action="store_true", help="No peering (a single replica).")
     op.add_argument("--peering", default="mentor", help="Peering name shared by replicas (default: mentor).")
+    op.add_argument("--priority", type=int, default=0, help="Peering priority; the highest acts.")
     op.add_argument("--liveness", default=None, help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=_operator)

@@ -1,0 +1,147 @@
+"""Operator scale benchmark (not a timed test): N FineTuneJobs applied at once against the
+real control plane; seconds until every Job exists and every status is set, the operator's
+peak RSS, and — as the physical limit — the raw create rate of the same API server measured
+in the same run.
+
+    make bench-operator            # N=1000
+    python bench/operator_scale.py --n 200
+
+Target (DESIGN.md section 5): <= 30 s for 1,000 and RSS <= 150 MB; anchor: a
+controller-runtime operator reconciles 1,000 CRs in ~39 s on kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster.controlplane import ControlPlane  # noqa: E402
+
+from mentor_operator.kube import Kube, load_config  # noqa: E402
+
+NAMESPACE = "bench"
+THREADS = 16
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def create_all(kube: Kube, objects: list[dict]) -> float:
+    """Create objects with THREADS parallel clients; returns seconds."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(kube.apply, objects))
+    return time.perf_counter() - started
+
+
+def raw_create_rate(kube: Kube, n: int) -> float:
+    """Jobs/s the API server accepts from plain parallel creates (no operator): the ceiling."""
+    jobs = [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": f"raw-{i}", "namespace": NAMESPACE},
+            "spec": {
+                "suspend": True,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}},
+            },
+        }
+        for i in range(n)
+    ]
+    seconds = create_all(kube, jobs)
+    kube.request("DELETE", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", query=[("labelSelector", ""), ("propagationPolicy", "Background")])
+    return n / seconds
+
+
+def finetune_job(i: int) -> dict:
+    return {
+        "apiVersion": "mentor.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": f"ftj-{i:04d}", "namespace": NAMESPACE},
+        "spec": {
+            "baseModel": "s3://models/base/",
+            "datasetRef": {"name": "corpus"},
+            # a suspended Job: the benchmark measures the operator, not kwok running 1,000 pods
+            "suspend": True,
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="FineTuneJobs to apply (default 1000).")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    with ControlPlane(gpu_nodes=1, cpu_nodes=0) as cp:
+        cp.install_crds([ROOT / "crds"])
+        cp.kubectl("create", "namespace", NAMESPACE)
+        kube = Kube(load_config(str(cp.kubeconfig)))
+        kube.api_client.configuration.connection_pool_maxsize = THREADS * 2
+        raw_rate = raw_create_rate(Kube(load_config(str(cp.kubeconfig))), min(args.n, 500))
+
+        # The dataset every job references, already succeeded.
+        kube.apply({"apiVersion": "mentor.dev/v1alpha1", "kind": "DomainDataset", "metadata": {"name": "corpus", "namespace": NAMESPACE},
+                    "spec": {"sources": [{"name": "s", "uri": "s3://b/k/"}], "suspend": True}})
+        kube.patch_status("DomainDataset", NAMESPACE, "corpus", {"phase": "Succeeded", "outputUri": "s3://b/corpus/"})
+
+        log = Path(tempfile.mkdtemp()) / "operator.log"
+        env = {**cp.env, "MENTOR_METRICS_PORT": "0"}
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "mentor_operator", "--standalone", "-n", NAMESPACE],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set() and operator.poll() is None:
+                peak[0] = max(peak[0], rss_peak_mb(operator.pid))
+                time.sleep(0.2)
+
+        threading.Thread(target=sample, daemon=True).start()
+        time.sleep(3)  # let kopf start its watches before the burst
+        started = time.perf_counter()
+        create_seconds = create_all(kube, [finetune_job(i) for i in range(args.n)])
+        done = None
+        while time.perf_counter() - started < args.timeout:
+            jobs = kube.list("Job", NAMESPACE, "batch/v1", "mentor.dev/kind=FineTuneJob")
+            ftjs = kube.request("GET", f"/apis/mentor.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs")["items"]
+            with_status = sum(1 for f in ftjs if (f.get("status") or {}).get("phase") == "Suspended")
+            if len(jobs) >= args.n and with_status >= args.n:
+                done = time.perf_counter() - started
+                break
+            time.sleep(0.25)
+        peak_rss = max(peak[0], rss_peak_mb(operator.pid))
+        stop.set()
+        operator.terminate()
+        operator.wait(30)
+    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "n": args.n}))
+    print(f"applied {args.n} FineTuneJobs in {create_seconds:.1f}s (client side, {THREADS} threads)")
+    if done is None:
+        print(f"NOT DONE within {args.timeout}s; operator log: {log}")
+        return 1
+    print(f"all Jobs created and every status set: {done:.1f}s  (target <= 30 s; controller-runtime anchor ~39 s on kind)")
+    print(f"operator peak RSS: {peak_rss:.0f} MB  (target <= 150 MB)")
+    print(f"raw API server create rate, same run: {raw_rate:.0f} Jobs/s -> {args.n / raw_rate:.1f}s for {args.n} Jobs alone")
+    print(f"operator: {args.n / done:.0f} resources/s = {(args.n / done) / raw_rate:.2f} of the raw Job create rate")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
