@@ -32,8 +32,10 @@ test-unit:  ## pure tests only (no control plane, no training)
 cluster-bin:  ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd and kwok
 	@echo "$(CLUSTER_BIN)"
 
-crds:  ## regenerate crds/ from the api models
+crds:  ## regenerate crds/ from the api models (and the Helm chart's copies)
 	"$(VENV)/bin/python" -m mentor_operator.api.crdgen --out crds
+	rm -f charts/mentor/crds/*.yaml
+	cp crds/*.yaml manifests/base/kopf-peering-crds.yaml charts/mentor/crds/
 
 bench-operator:  ## 1,000 FineTuneJobs against the real control plane
 	venv="$(VENV)"

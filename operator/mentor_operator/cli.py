@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ def _operator(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=args.standalone,
         peering_name=args.peering,
-        priority=args.priority,
+        # Equal priorities make every replica pause; a random one per process makes exactly
+        # one replica act, and another take over when it dies.
+        priority=args.priority if args.priority is not None else random.randint(1, 2**31 - 1),
         liveness_endpoint=args.liveness,
     )
     return 0
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default).")
     op.add_argument("--standalone", action="store_true", help="No peering (a single replica).")
     op.add_argument("--peering", default="mentor", help="Peering name shared by replicas (default: mentor).")
-    op.add_argument("--priority", type=int, default=0, help="Peering priority; the highest acts.")
+    op.add_argument("--priority", type=int, default=None, help="Peering priority; the highest acts (default: random).")
     op.add_argument("--liveness", default=None, help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=_operator)

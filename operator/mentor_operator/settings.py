@@ -40,7 +40,7 @@ class Settings(BaseModel):
         values: dict[str, object] = {}
         for name, field in cls.model_fields.items():
             raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is None:
+            if not raw:  # unset or empty: keep the default
                 continue
             values[name] = [p for p in raw.split(",") if p] if field.annotation == list[str] else raw
         return cls(**values)
