@@ -56,22 +56,20 @@ class Kube:
         query: list[tuple[str, Any]] | None = None,
     ) -> dict[str, Any] | None:
         """One API call; returns the decoded JSON body, or None for 404."""
-        try:
-            response = self.api_client.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        data = response.data
+        method, url, headers, payload, post = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(method, url, header_params=headers, body=payload, post_params=post)
+        data = response.read()
+        if response.status == 404:
+            return None
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.reason, body=data)
         return json.loads(data) if data else {}
 
     def get(self, kind: str, namespace: str, name: str, api_version: str | None = None) -> dict[str, Any] | None:

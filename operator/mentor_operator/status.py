@@ -75,7 +75,8 @@ def runner_state(runner: dict[str, Any] | None) -> RunnerState:
         )
     if (runner.get("spec") or {}).get("suspend") or _true_condition(runner, "Suspended"):
         return RunnerState("Suspended", "Suspended", "the job is suspended", start)
-    if status.get("active") or status.get("ready"):
+    # A Job counts pending pods as active; `ready` says they really run (TrainJobs lack it).
+    if status.get("ready", status.get("active")):
         return RunnerState("Running", "Running", "the stage is running", start)
     return RunnerState("Pending", "PodsPending", "waiting for the stage's pods to start", start)
 

@@ -58,7 +58,8 @@ def test_conditions_keep_transition_time_until_status_flips():
 def test_runner_state_from_job():
     assert runner_state(None).phase == "Pending"
     assert runner_state({"spec": {"suspend": True}, "status": {}}).phase == "Suspended"
-    assert runner_state({"spec": {}, "status": {"active": 1, "startTime": "t"}}).phase == "Running"
+    assert runner_state({"spec": {}, "status": {"active": 1, "ready": 1, "startTime": "t"}}).phase == "Running"
+    assert runner_state({"spec": {}, "status": {"active": 1, "ready": 0}}).phase == "Pending"
     done = {"spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t2"}}
     assert runner_state(done).phase == "Succeeded"
     failed = {"spec": {}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
