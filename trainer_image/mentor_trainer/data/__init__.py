@@ -1,0 +1,17 @@
+"""`mentor-trainer data`: raw domain documents -> a training-ready dataset.
+
+``main(config)`` takes a validated :class:`~mentor_trainer.config.DataStageConfig` and returns
+the stage result (``outputUri``, ``contentHash``, ``stats``) that becomes the DomainDataset's
+status. Heavy libraries are imported inside the stage, not at package import.
+"""
+
+from __future__ import annotations
+
+
+def main(config) -> dict:
+    from .pipeline import run
+
+    return run(config)
+
+
+__all__ = ["main"]

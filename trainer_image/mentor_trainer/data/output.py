@@ -1,0 +1,151 @@
+"""Writing the dataset: streaming parquet writers and the human-readable dataset card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .examples import SCHEMAS, SPLITS
+
+ROWS_PER_GROUP = 1000
+ROWS_PER_FILE = 500_000
+
+
+class ParquetSink:
+    """Rows of one (split, format) -> ``<split>/<format>-NNNNN.parquet`` files, streamed."""
+
+    def __init__(self, root: Path, split: str, fmt: str) -> None:
+        self.root, self.split, self.fmt = root, split, fmt
+        self.schema = SCHEMAS[fmt]
+        self.buffer: list[dict] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.files: list[str] = []
+        self.rows_in_file = 0
+        self.rows = 0
+        self.tokens = 0
+        self.min_tokens: int | None = None
+        self.max_tokens = 0
+
+    def _open(self) -> None:
+        name = f"{self.split}/{self.fmt}-{len(self.files):05d}.parquet"
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.files.append(name)
+        self.rows_in_file = 0
+
+    def write(self, row: dict) -> None:
+        self.buffer.append(row)
+        self.rows += 1
+        tokens = int(row.get("tokens") or 0)
+        self.tokens += tokens
+        self.max_tokens = max(self.max_tokens, tokens)
+        self.min_tokens = tokens if self.min_tokens is None else min(self.min_tokens, tokens)
+        if len(self.buffer) >= ROWS_PER_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        if self.writer is None or self.rows_in_file >= ROWS_PER_FILE:
+            if self.writer is not None:
+                self.writer.close()
+            self._open()
+        table = pa.Table.from_pylist(self.buffer, schema=self.schema)
+        self.writer.write_table(table)
+        self.rows_in_file += len(self.buffer)
+        self.buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is None:
+            # an empty split still gets a (0-row) file, so loaders find the path
+            self._open()
+            self.writer.write_table(pa.Table.from_pylist([], schema=self.schema))
+        self.writer.close()
+        self.writer = None
+
+    def stats(self) -> dict:
+        return {
+            "examples": self.rows,
+            "tokens": self.tokens,
+            "minTokens": self.min_tokens or 0,
+            "maxTokens": self.max_tokens,
+            "meanTokens": round(self.tokens / self.rows, 1) if self.rows else 0,
+            "files": self.files,
+        }
+
+
+def dataset_card(manifest: dict) -> str:
+    """README.md of the dataset: what it is, where it came from, what was dropped, how to load it."""
+    run = manifest["run"]
+    stats = manifest["stats"]
+    lines = [
+        f"# {run['name']}",
+        "",
+        f"Training data built by `mentor-trainer data` for {run['kind']} `{run['namespace']}/{run['name']}` "
+        f"(generation {run['generation']}).",
+        "",
+        f"- Content hash: `{manifest['contentHash']}` (inputs + configuration; same hash, same data)",
+        f"- Documents: {stats['documentsKept']} kept of {stats['documentsIn']} read",
+        f"- Tokens: {stats['tokens']} ({manifest['tokenizer']})",
+        "",
+        "## Sources",
+        "",
+        "| source | group | uri | documents | kept |",
+        "|---|---|---|---|---|",
+    ]
+    for source in manifest["sources"]:
+        lines.append(
+            f"| {source['name']} | {source['group']} | {source.get('uri') or 'inline'} | {source['documents']} | {source['kept']} |"
+        )
+    lines += ["", "## Examples", "", "| split | format | examples | tokens | files |", "|---|---|---|---|---|"]
+    for split in SPLITS:
+        for fmt, info in manifest["splits"].get(split, {}).items():
+            lines.append(f"| {split} | {fmt} | {info['examples']} | {info['tokens']} | {', '.join(info['files'])} |")
+    lines += ["", "## Processing", ""]
+    steps = manifest["steps"]
+    for name, count in steps.items():
+        lines.append(f"- {name}: {count}")
+    if stats["droppedByReason"]:
+        lines += ["", "Dropped, by reason:", ""]
+        for reason, count in sorted(stats["droppedByReason"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"- {reason}: {count}")
+    pii = manifest["cleaning"]["piiRedacted"]
+    if pii:
+        lines += ["", "Personal data redacted: " + ", ".join(f"{k} {v}" for k, v in pii.items()) + "."]
+    mixture = manifest["mixture"]
+    lines += [
+        "",
+        "## Mixture",
+        "",
+        "Configured weights: " + ", ".join(f"{k} {v}" for k, v in mixture["weights"].items()) + ".",
+        "Realised share of training examples: "
+        + (", ".join(f"{k} {v}" for k, v in mixture["realised"].items()) or "none")
+        + ".",
+    ]
+    if manifest.get("notImplemented"):
+        lines += ["", "## Not applied", ""] + [f"- {item}" for item in manifest["notImplemented"]]
+    first = next((f for s in SPLITS for f in manifest["formats"]), "pretrain")
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f"ds = load_dataset(\"parquet\", data_files={{s: f\"<this directory>/{{s}}/{first}-*.parquet\" "
+        "for s in (\"train\", \"validation\", \"test\")})",
+        "```",
+        "",
+        "Columns: see `manifest.json` (`schemas`). `difficulty` is in [0, 1) for curriculum ordering.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

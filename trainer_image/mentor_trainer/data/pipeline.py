@@ -1,0 +1,616 @@
+"""The data stage, end to end: sources -> cleaned, deduplicated, filtered, chunked, split examples.
+
+Passes (each streams; intermediate units are spooled to JSONL files in a work directory, so
+memory holds only indexes: exact-duplicate hashes, MinHash signatures, line counts, split keys):
+
+1. ingest + normalise + exact dedup + near-duplicate dedup; count lines per document;
+2. boilerplate lines, drop patterns, PII redaction, quality filters, language; document
+   frequencies for relevance;
+3. relevance (only when configured); collect split keys;
+4. chunk, build examples, split; validation/test examples that near-duplicate a training
+   example are dropped; parquet written into the publish staging directory, then the
+   manifest, the dataset card and the commit marker.
+
+The content hash covers the configuration (without runtime fields), the inputs (sha256 of
+each local file, ETag of each S3 object), the tokenizer files and the pipeline version. When
+the output URI already holds a complete dataset with the same hash, nothing is done and the
+recorded result is returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .. import storage
+from ..errors import StageError
+from . import clean, ingest
+from .chunking import FallbackTokenizer, chunk_text, load_tokenizer, resolve_model_dir
+from .dedup import NearDuplicateIndex, exact_key
+from .examples import FORMATS, SCHEMAS, SPLITS, assign_splits, comparison_text, cot_answer, difficulty
+from .filters import RelevanceScorer, detect_language, quality_reason
+from .output import ParquetSink, dataset_card, write_json
+from .records import PREFERENCE, QA, TEXT, Counter, Document, Dropped, QARecord, from_json, unit_text
+
+log = logging.getLogger("mentor_trainer.data")
+
+PIPELINE_VERSION = 1
+RUNTIME_FIELDS = {"run", "output_uri", "tracking", "progress_file"}
+MAX_RESULT_REASONS = 24
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+
+
+class Spool:
+    """Units written to and read back from a JSONL file in the work directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = open(path, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, data: dict) -> None:
+        self.handle.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        self.handle.write("\n")
+        self.count += 1
+
+    def read(self) -> Iterator[dict]:
+        self.handle.close()
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+    def remove(self) -> None:
+        self.handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Progress:
+    """Live progress as JSON in ``progress_file`` (read by the operator or the local runner)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.last = 0.0
+        self.state: dict = {"stage": "data"}
+
+    def update(self, force: bool = False, **fields) -> None:
+        self.state.update(fields)
+        if self.path is None or (not force and time.monotonic() - self.last < 1.0):
+            return
+        self.last = time.monotonic()
+        self.state["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.state))
+            os.replace(tmp, self.path)
+        except OSError as error:  # progress is best effort
+            log.debug("cannot write progress to %s: %s", self.path, error)
+
+
+def _source_error(index: int, source, error: StageError) -> StageError:
+    return StageError(f"sources[{index}] ({source.name}): {error}", permanent=error.permanent)
+
+
+def fingerprint_inputs(config, path: Path) -> dict:
+    """Hash every input (name, size, content) into one digest; the list goes to inputs.jsonl."""
+    digest = hashlib.sha256()
+    files = total = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for index, source in enumerate(config.sources):
+            if source.inline is not None:
+                continue  # inline text is part of the configuration
+            try:
+                for info in storage.list_objects(source.uri, include=source.include or None):
+                    if ingest.is_hidden(info.name):
+                        continue
+                    if info.etag is not None:
+                        content = f"etag:{info.etag.strip(chr(34))}"
+                    else:
+                        content = "sha256:" + _sha256(info.uri)
+                    entry = {"source": source.name, "name": info.name, "size": info.size, "content": content}
+                    out.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+                    digest.update(json.dumps(entry, sort_keys=True).encode())
+                    files += 1
+                    total += info.size
+            except StageError as error:
+                raise _source_error(index, source, error) from None
+        if config.relevance is not None:
+            for uri in config.relevance.seed_documents:
+                for info in storage.list_objects(uri):
+                    digest.update(f"seed:{info.uri}:{info.size}:{info.etag or _sha256(info.uri)}".encode())
+    return {"digest": digest.hexdigest(), "files": files, "bytes": total}
+
+
+def _sha256(uri: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open_read(uri) as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(config, inputs_digest: str, tokenizer_fingerprint: str) -> str:
+    payload = {
+        "pipeline": PIPELINE_VERSION,
+        "options": config.model_dump(mode="json", by_alias=True, exclude=RUNTIME_FIELDS),
+        "inputs": inputs_digest,
+        "tokenizer": tokenizer_fingerprint,
+        "maxDocumentChars": ingest.MAX_DOCUMENT_CHARS,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _normalize_unit(unit, cleaning) -> None:
+    def norm(text: str) -> str:
+        return clean.normalize(text, cleaning.unicode_nfkc, cleaning.strip_control_chars, cleaning.strip_html)
+
+    if isinstance(unit, Document):
+        unit.text = norm(unit.text)
+    elif isinstance(unit, QARecord):
+        unit.question, unit.answer, unit.reasoning = norm(unit.question), norm(unit.answer), norm(unit.reasoning)
+    else:
+        unit.prompt, unit.chosen, unit.rejected = norm(unit.prompt), norm(unit.chosen), norm(unit.rejected)
+
+
+def _redact_unit(unit, redactor: clean.PiiRedactor) -> None:
+    if isinstance(unit, Document):
+        unit.text = redactor.redact(unit.text)
+    elif isinstance(unit, QARecord):
+        unit.question = redactor.redact(unit.question)
+        unit.answer = redactor.redact(unit.answer)
+        unit.reasoning = redactor.redact(unit.reasoning)
+    else:
+        unit.prompt = redactor.redact(unit.prompt)
+        unit.chosen = redactor.redact(unit.chosen)
+        unit.rejected = redactor.redact(unit.rejected)
+
+
+def _incomplete(unit) -> bool:
+    if isinstance(unit, Document):
+        return not unit.text.strip()
+    if isinstance(unit, QARecord):
+        return not (unit.question.strip() and unit.answer.strip())
+    return not (unit.prompt.strip() and unit.chosen.strip() and unit.rejected.strip())
+
+
+# --------------------------------------------------------------------------------------
+# The stage
+
+
+class DataStage:
+    def __init__(self, config) -> None:
+        self.config = config
+        self.counter = Counter()
+        self.sources = {
+            s.name: {"name": s.name, "group": s.group, "uri": s.uri, "documents": 0, "kept": 0} for s in config.sources
+        }
+        self.kinds_in = {TEXT: 0, QA: 0, PREFERENCE: 0}
+        self.steps: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.progress = Progress(config.progress_file)
+        self.dropped_log: Spool | None = None
+        self.cleaning_stats = {"boilerplateLines": 0, "boilerplateLinesRemoved": 0, "patternLinesRemoved": 0}
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def drop(self, unit_id: str, source: str, reason: str, kind: str, detail: str = "") -> None:
+        self.counter.drop(reason, kind)
+        self.dropped_log.write({"id": unit_id, "source": source, "kind": kind, "reason": reason, "detail": detail})
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.monotonic() - start, 3)
+
+    # -- main --------------------------------------------------------------------------
+    def run(self) -> dict:
+        config = self.config
+        if config.difficulty.method == "perplexity":
+            raise StageError("difficulty.method 'perplexity' is not supported by the data stage yet (use length or entity-density)")
+        self.patterns = clean.compile_patterns(config.cleaning.drop_patterns)
+        storage.parse(config.output_uri)
+        workroot = os.environ.get("MENTOR_WORK_DIR") or None
+        with tempfile.TemporaryDirectory(prefix="mentor-data-", dir=workroot) as work:
+            self.work = Path(work)
+            start = time.monotonic()
+            self.progress.update(force=True, phase="fingerprint")
+            tokenizer_location = tokenizer_fingerprint = None
+            if config.tokenizer:
+                tokenizer_location, tokenizer_fingerprint = resolve_model_dir(config.tokenizer, work)
+            else:
+                tokenizer_fingerprint = FallbackTokenizer.fingerprint
+            self.inputs = fingerprint_inputs(config, self.work / "inputs.jsonl")
+            self.hash = content_hash(config, self.inputs["digest"], tokenizer_fingerprint)
+            self._timed("fingerprint", start)
+
+            marker = storage.read_marker(config.output_uri)
+            if marker and marker.get("contentHash") == self.hash and isinstance(marker.get("result"), dict):
+                log.info("%s already holds this dataset (content hash %s): nothing to do", config.output_uri, self.hash[:12])
+                self.progress.update(force=True, phase="done", reused=True)
+                return marker["result"]
+
+            if config.tokenizer:
+                self.tokenizer = load_tokenizer(config.tokenizer, work, (tokenizer_location, tokenizer_fingerprint))
+            else:
+                self.tokenizer = FallbackTokenizer()
+            self.dropped_log = Spool(self.work / "dropped.jsonl")
+            pass1 = self.ingest()
+            pass2 = self.clean_and_filter(pass1)
+            final, keys = self.relevance(pass2)
+            self.check_not_empty(final)
+            marker_metadata = {"contentHash": self.hash}
+            with storage.publish(config.output_uri, marker_metadata) as staging:
+                result = self.build(final, keys, staging)
+                # the result travels in the commit marker too: a re-run answers from it alone
+                marker_metadata["result"] = result
+            self.progress.update(force=True, phase="done")
+            return result
+
+    # -- pass 1 ------------------------------------------------------------------------
+    def ingest(self) -> Spool:
+        config = self.config
+        start = time.monotonic()
+        near = config.dedup.near
+        index = NearDuplicateIndex(near.threshold, near.num_perm, near.shingle_size) if near.enabled else None
+        seen: set[bytes] = set()
+        self.lines = clean.LineCounter()
+        spool = Spool(self.work / "pass1.jsonl")
+        documents = 0
+        for position, source in enumerate(config.sources):
+            info = self.sources[source.name]
+            try:
+                for unit in ingest.iter_source(source):
+                    info["documents"] += 1
+                    documents += 1
+                    if documents % 100 == 0:
+                        self.progress.update(phase="ingest", documents=documents)
+                    if isinstance(unit, Dropped):
+                        self.drop(unit.id, unit.source, unit.reason, unit.kind, unit.detail)
+                        continue
+                    self.kinds_in[unit.kind] += 1
+                    _normalize_unit(unit, config.cleaning)
+                    if _incomplete(unit):
+                        self.drop(unit.id, unit.source, "empty", unit.kind, "nothing left after normalisation")
+                        continue
+                    text = unit_text(unit)
+                    if config.dedup.exact:
+                        key = exact_key(unit.kind + "\0" + text)
+                        if key in seen:
+                            self.drop(unit.id, unit.source, "exact-duplicate", unit.kind)
+                            continue
+                        seen.add(key)
+                    if index is not None and unit.kind == TEXT:
+                        original = index.check_and_add(text, unit.id)
+                        if original is not None:
+                            self.drop(unit.id, unit.source, "near-duplicate", unit.kind, f"of {original}")
+                            continue
+                    if unit.kind == TEXT:
+                        self.lines.add(unit.text)
+                    spool.write(unit.to_json())
+            except StageError as error:
+                raise _source_error(position, source, error) from None
+            if info["documents"] == 0:
+                log.warning("source %s (%s) holds no documents", source.name, source.uri or "inline")
+        self.documents_in = documents
+        self.steps["documentsIn"] = documents
+        self.steps["afterIngest"] = sum(self.kinds_in.values())
+        self.steps["afterDedup"] = spool.count
+        self._timed("ingestAndDedup", start)
+        return spool
+
+    # -- pass 2 ------------------------------------------------------------------------
+    def clean_and_filter(self, previous: Spool) -> Spool:
+        config = self.config
+        start = time.monotonic()
+        boilerplate = self.lines.boilerplate(config.cleaning.boilerplate_min_documents)
+        self.cleaning_stats["boilerplateLines"] = len(boilerplate)
+        del self.lines
+        pii = config.cleaning.pii
+        self.redactor = clean.PiiRedactor(pii.kinds, pii.replacement) if pii.enabled else None
+        languages = set(config.filters.languages)
+        self.scorer = None
+        if config.relevance is not None:
+            seeds = [
+                ingest.read_seed_document(uri, f"relevance.seedDocuments[{i}]")
+                for i, uri in enumerate(config.relevance.seed_documents)
+            ]
+            self.scorer = RelevanceScorer(config.relevance.keywords, seeds)
+        self.keys: dict[str, set[str]] = {TEXT: set(), QA: set(), PREFERENCE: set()}
+        spool = Spool(self.work / "pass2.jsonl")
+        done = 0
+        for data in previous.read():
+            unit = from_json(data)
+            done += 1
+            if done % 100 == 0:
+                self.progress.update(phase="clean", documents=done)
+            if unit.kind == TEXT:
+                unit.text, n_boiler, n_pattern = clean.remove_lines(unit.text, boilerplate, self.patterns)
+                self.cleaning_stats["boilerplateLinesRemoved"] += n_boiler
+                self.cleaning_stats["patternLinesRemoved"] += n_pattern
+            if self.redactor is not None:
+                _redact_unit(unit, self.redactor)
+            if unit.kind == TEXT:
+                reason = quality_reason(unit.text, config.filters)
+                if reason:
+                    self.drop(unit.id, unit.source, reason, unit.kind)
+                    continue
+            elif _incomplete(unit):
+                self.drop(unit.id, unit.source, "empty", unit.kind, "nothing left after cleaning")
+                continue
+            unit.language = detect_language(unit_text(unit), precise=bool(languages))
+            if languages and unit.language not in languages:
+                self.drop(unit.id, unit.source, "language", unit.kind, unit.language)
+                continue
+            if self.scorer is not None and unit.kind == TEXT:
+                self.scorer.observe(unit.text)
+            if self.scorer is None:
+                self.keys[unit.kind].add(unit.split_key)
+            spool.write(unit.to_json())
+        previous.remove()
+        self.steps["afterCleaningAndFilters"] = spool.count
+        self._timed("cleanAndFilter", start)
+        return spool
+
+    # -- pass 3 ------------------------------------------------------------------------
+    def relevance(self, previous: Spool) -> tuple[Spool, dict[str, set[str]]]:
+        if self.scorer is None:
+            self.steps["afterRelevance"] = previous.count
+            return previous, self.keys
+        start = time.monotonic()
+        threshold = self.config.relevance.threshold
+        spool = Spool(self.work / "pass3.jsonl")
+        scores = []
+        for data in previous.read():
+            unit = from_json(data)
+            if unit.kind == TEXT:
+                score = self.scorer.score(unit.text)
+                scores.append(score)
+                if score < threshold:
+                    self.drop(unit.id, unit.source, "irrelevant", unit.kind, f"similarity {score:.3f} < {threshold}")
+                    continue
+            self.keys[unit.kind].add(unit.split_key)
+            spool.write(unit.to_json())
+        previous.remove()
+        self.relevance_stats = {
+            "threshold": threshold,
+            "scored": len(scores),
+            "minScore": round(min(scores), 4) if scores else None,
+            "meanScore": round(sum(scores) / len(scores), 4) if scores else None,
+            "maxScore": round(max(scores), 4) if scores else None,
+        }
+        self.steps["afterRelevance"] = spool.count
+        self._timed("relevance", start)
+        return spool, self.keys
+
+    def check_not_empty(self, final: Spool) -> None:
+        if final.count:
+            return
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.counter.dropped.items(), key=lambda kv: -kv[1]))
+        where = "; ".join(f"{s['name']} ({s['uri'] or 'inline'}): {s['documents']} read" for s in self.sources.values())
+        if self.documents_in == 0:
+            raise StageError(f"no documents found in the sources: {where}")
+        raise StageError(
+            f"no documents left after cleaning and filtering: {self.documents_in} read ({where}); dropped: {reasons}"
+        )
+
+    # -- pass 4 ------------------------------------------------------------------------
+    def rows(self, unit) -> tuple[list[tuple[str, dict]], str | None]:
+        """(format, row) pairs for a unit, or the reason it yields none."""
+        config = self.config
+        formats = config.formats
+        tok = self.tokenizer
+        method = config.difficulty.method
+        scale = max(64, config.chunking.max_tokens // 2)
+        common = {"source": unit.source, "group": unit.group, "doc_id": unit.id, "language": unit.language}
+        out: list[tuple[str, dict]] = []
+        if isinstance(unit, Document):
+            if "pretrain" not in formats:
+                return [], "format-not-requested"
+            chunking = config.chunking
+            for chunk in chunk_text(unit.text, tok, chunking.max_tokens, chunking.overlap_tokens, chunking.respect_structure):
+                out.append(
+                    (
+                        "pretrain",
+                        {
+                            "text": chunk.text,
+                            **common,
+                            "tokens": chunk.tokens,
+                            "difficulty": difficulty(chunk.text, chunk.tokens, method, scale),
+                            "chunk_index": chunk.index,
+                            "char_start": chunk.start,
+                            "char_end": chunk.end,
+                        },
+                    )
+                )
+            return out, None if out else "no-text"
+        if isinstance(unit, QARecord):
+            question_tokens = tok.count(unit.question)
+            if "sft" in formats:
+                tokens = question_tokens + tok.count(unit.answer)
+                out.append(("sft", self._chat(unit.question, unit.answer, common, tokens, method, scale)))
+            if "cot" in formats and unit.reasoning:
+                answer = cot_answer(unit.reasoning, unit.answer)
+                tokens = question_tokens + tok.count(answer)
+                out.append(("cot", self._chat(unit.question, answer, common, tokens, method, scale)))
+            if not out:
+                return [], "no-reasoning" if "cot" in formats else "format-not-requested"
+            return out, None
+        if "preference" not in formats:
+            return [], "format-not-requested"
+        tokens = tok.count(unit.prompt) + max(tok.count(unit.chosen), tok.count(unit.rejected))
+        text = f"{unit.prompt}\n{unit.chosen}"
+        row = {
+            "prompt": unit.prompt,
+            "chosen": unit.chosen,
+            "rejected": unit.rejected,
+            **common,
+            "tokens": tokens,
+            "difficulty": difficulty(text, tokens, method, scale),
+        }
+        return [("preference", row)], None
+
+    @staticmethod
+    def _chat(question: str, answer: str, common: dict, tokens: int, method: str, scale: int) -> dict:
+        return {
+            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            **common,
+            "tokens": tokens,
+            "difficulty": difficulty(f"{question}\n{answer}", tokens, method, scale),
+        }
+
+    def build(self, final: Spool, keys: dict[str, set[str]], staging: Path) -> dict:
+        config = self.config
+        start = time.monotonic()
+        fractions = {"train": config.split.train, "validation": config.split.validation, "test": config.split.test}
+        assignment = {kind: assign_splits(keys[kind], fractions, config.split.seed) for kind in keys}
+        formats = [f for f in FORMATS if f in config.formats]
+        sinks = {(split, fmt): ParquetSink(staging, split, fmt) for split in SPLITS for fmt in formats}
+        near = config.dedup.near
+        cross = NearDuplicateIndex(near.threshold, near.num_perm, near.shingle_size) if config.dedup.across_splits else None
+        held = Spool(self.work / "heldout.jsonl")
+        kept = chunks = 0
+        group_examples: dict[str, int] = {}
+        group_tokens: dict[str, int] = {}
+        for data in final.read():
+            unit = from_json(data)
+            split = assignment[unit.kind][unit.split_key]
+            rows, reason = self.rows(unit)
+            if not rows:
+                self.drop(unit.id, unit.source, reason or "no-examples", unit.kind)
+                continue
+            kept += 1
+            self.sources[unit.source]["kept"] += 1
+            if kept % 100 == 0:
+                self.progress.update(phase="examples", documents=kept)
+            for fmt, row in rows:
+                if fmt == "pretrain":
+                    chunks += 1
+                if split == "train":
+                    sinks[(split, fmt)].write(row)
+                    group_examples[unit.group] = group_examples.get(unit.group, 0) + 1
+                    group_tokens[unit.group] = group_tokens.get(unit.group, 0) + row["tokens"]
+                    if cross is not None:
+                        cross.add(cross.hasher.signature(comparison_text(fmt, row)), row["doc_id"])
+                else:
+                    held.write({"split": split, "format": fmt, "row": row})
+        final.remove()
+        examples_dropped: dict[str, int] = {}
+        for entry in held.read():
+            row, fmt = entry["row"], entry["format"]
+            if cross is not None:
+                original = cross.find(cross.hasher.signature(comparison_text(fmt, row)))
+                if original is not None:
+                    examples_dropped["cross-split-duplicate"] = examples_dropped.get("cross-split-duplicate", 0) + 1
+                    continue
+            sinks[(entry["split"], fmt)].write(row)
+        held.remove()
+        for sink in sinks.values():
+            sink.close()
+        self._timed("chunkSplitWrite", start)
+
+        examples_per_split = {s: sum(sinks[(s, f)].rows for f in formats) for s in SPLITS}
+        total_examples = sum(examples_per_split.values())
+        if total_examples == 0:
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.counter.dropped.items(), key=lambda kv: -kv[1]))
+            raise StageError(
+                f"no training examples: formats {', '.join(formats)} produce nothing from the {self.steps.get('afterRelevance', 0)} "
+                f"documents left (dropped: {reasons})"
+            )
+        tokens_total = sum(sink.tokens for sink in sinks.values())
+        self.steps["documentsKept"] = kept
+        self.steps["chunks"] = chunks
+        self.steps["examples"] = total_examples
+        stats = {
+            "documentsIn": self.documents_in,
+            "documentsKept": kept,
+            "droppedByReason": dict(sorted(self.counter.dropped.items())),
+            "examplesPerSplit": examples_per_split,
+            "tokens": tokens_total,
+            "kept": f"{kept}/{self.documents_in}",
+        }
+        train_total = sum(group_examples.values()) or 1
+        manifest = {
+            "manifestVersion": 1,
+            "contentHash": self.hash,
+            "pipelineVersion": PIPELINE_VERSION,
+            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run": config.run.model_dump(mode="json", by_alias=True),
+            "outputUri": config.output_uri,
+            "config": config.model_dump(mode="json", by_alias=True, exclude=RUNTIME_FIELDS),
+            "inputs": {"files": self.inputs["files"], "bytes": self.inputs["bytes"], "digest": self.inputs["digest"], "list": "inputs.jsonl"},
+            "tokenizer": self.tokenizer.name,
+            "sources": list(self.sources.values()),
+            "stats": stats,
+            "steps": self.steps,
+            "droppedByKind": self.counter.dropped_by_kind,
+            "droppedList": "dropped.jsonl",
+            "unitsInByKind": self.kinds_in,
+            "cleaning": {**self.cleaning_stats, "piiRedacted": dict(self.redactor.counts) if self.redactor else {}},
+            "relevance": getattr(self, "relevance_stats", None),
+            "examplesDroppedByReason": examples_dropped,
+            "formats": formats,
+            "splits": {s: {f: sinks[(s, f)].stats() for f in formats} for s in SPLITS},
+            "tokens": {
+                "total": tokens_total,
+                "perSplit": {s: sum(sinks[(s, f)].tokens for f in formats) for s in SPLITS},
+                "perFormat": {f: sum(sinks[(s, f)].tokens for s in SPLITS) for f in formats},
+            },
+            "mixture": {
+                "weights": {"domain": config.mixture.domain, "general": config.mixture.general, "scenario": config.mixture.scenario},
+                "realised": {g: round(n / train_total, 4) for g, n in sorted(group_examples.items())},
+                "trainExamplesPerGroup": dict(sorted(group_examples.items())),
+                "trainTokensPerGroup": dict(sorted(group_tokens.items())),
+                "sampled": False,
+            },
+            "difficulty": {"method": config.difficulty.method, "column": "difficulty"},
+            "schemas": {f: [field.name for field in SCHEMAS[f]] for f in formats},
+            "timingsSeconds": self.timings,
+            "notImplemented": self.not_implemented(),
+        }
+        result = {"outputUri": config.output_uri, "contentHash": self.hash, "stats": self._compact(stats)}
+        log.info(
+            "kept %d of %d documents; examples %s; %d tokens; dropped %s",
+            kept, self.documents_in, examples_per_split, tokens_total, stats["droppedByReason"] or "none",
+        )
+        manifest["result"] = result
+        write_json(staging / "manifest.json", manifest)
+        (staging / "README.md").write_text(dataset_card(manifest))
+        os.replace(self.work / "inputs.jsonl", staging / "inputs.jsonl")
+        self.dropped_log.handle.close()
+        os.replace(self.dropped_log.path, staging / "dropped.jsonl")
+        return result
+
+    def not_implemented(self) -> list[str]:
+        config = self.config
+        notes = []
+        if config.synthesis is not None:
+            notes.append("synthesis: synthetic QA/CoT from a teacher endpoint is not generated yet")
+        if config.index.enabled:
+            notes.append("index: the retrieval index (dense + BM25) is not built yet")
+        groups = {s.group for s in config.sources}
+        if len(groups) > 1 or config.mixture.total_examples:
+            notes.append("mixture: groups are reported, not resampled to the configured weights yet")
+        return notes
+
+    @staticmethod
+    def _compact(stats: dict) -> dict:
+        """The stats for the termination message (< 3 KB): at most MAX_RESULT_REASONS reasons."""
+        reasons = stats["droppedByReason"]
+        if len(reasons) > MAX_RESULT_REASONS:
+            top = sorted(reasons.items(), key=lambda kv: -kv[1])
+            kept = dict(top[: MAX_RESULT_REASONS - 1])
+            kept["other"] = sum(n for _, n in top[MAX_RESULT_REASONS - 1 :])
+            stats = {**stats, "droppedByReason": kept}
+        return stats
+
+
+def run(config) -> dict:
+    """Run the data stage for a validated DataStageConfig; returns the stage result."""
+    stage = DataStage(config)
+    return stage.run()
