@@ -12,13 +12,14 @@ def _operator(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
+    from .settings import Settings
 
     kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         standalone=args.standalone,
-        peering_name=args.peering,
+        peering_name=args.peering or Settings.from_env().peering,
         # Equal priorities make every replica pause; a random one per process makes exactly
         # one replica act, and another take over when it dies.
         priority=args.priority if args.priority is not None else random.randint(1, 2**31 - 1),
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     scope.add_argument("-n", "--namespace", action="append", help="Namespace or glob to watch (repeatable).")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default).")
     op.add_argument("--standalone", action="store_true", help="No peering (a single replica).")
-    op.add_argument("--peering", default="mentor", help="Peering name shared by replicas (default: mentor).")
+    op.add_argument("--peering", default=None, help="Peering name shared by replicas (default: MENTOR_PEERING or mentor).")
     op.add_argument("--priority", type=int, default=None, help="Peering priority; the highest acts (default: random).")
     op.add_argument("--liveness", default=None, help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
     op.add_argument("-v", "--verbose", action="store_true")

@@ -142,7 +142,8 @@ def test_failed_evaluation_blocks_the_deployment(operator, ns):
 
 def test_operator_killed_mid_flight_makes_no_duplicates(cluster, operator, ns):
     names = [f"ft-{i}" for i in range(12)]
-    ns.apply(dataset("docs"), *[finetune(n, "docs", scheduling=pod_annotations(hold="true")) for n in names])
+    small = {"gpus": 0, "cpu": "100m", "memory": "128Mi"}  # all fit on the fake nodes at once
+    ns.apply(dataset("docs"), *[finetune(n, "docs", resources=small, scheduling=pod_annotations(hold="true")) for n in names])
     wait_for(lambda: len(ns.items("jobs")) >= 4, 60, interval=0.1, what="some Jobs")
     operator.kill()
     operator.start()

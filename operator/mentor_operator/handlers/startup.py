@@ -31,7 +31,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
-    settings.peering.name = config.peering
+    # The peering name and priority come from `mentor operator` (kopf.run); without a
+    # peering object kopf runs unpaused, as a single replica would.
     settings.peering.mandatory = False
     serve_metrics(config.metrics_port)
     logger.info("mentor operator: Kubeflow TrainJob %s", "enabled" if kubeflow else "not installed; indexed Jobs")
