@@ -46,9 +46,9 @@ def absolute_file_uris(value: Any, base: Path) -> Any:
 
 
 class LocalExecutor:
-    def __init__(self, root: Path, out: TextIO = sys.stdout, python: str = sys.executable):
+    def __init__(self, root: Path, out: TextIO | None = None, python: str = sys.executable):
         self.root = root.resolve()
-        self.out = out
+        self.out = out or sys.stdout
         self.python = python
         self.settings = Settings(
             artifact_root=(self.root / "artifacts").as_uri(),

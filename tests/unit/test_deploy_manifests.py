@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -187,14 +187,22 @@ def normalized(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 @functools.lru_cache(maxsize=None)
+def tool(name: str) -> str:
+    """kubectl from the control-plane build, helm from its own; both built once and cached
+    (`make test` passes their locations in MENTOR_K8S_BIN / MENTOR_HELM)."""
+    if name == "helm":
+        built = os.environ.get("MENTOR_HELM") or subprocess.run(
+            ["bash", str(ROOT / "tests/cluster/build-helm.sh")], check=True, capture_output=True, text=True
+        ).stdout.strip().splitlines()[-1]
+        return built
+    from tests.cluster.controlplane import build_binaries
+
+    return str(Path(os.environ.get("MENTOR_K8S_BIN") or build_binaries(quiet=True)) / name)
+
+
+@functools.lru_cache(maxsize=None)
 def kustomize_build(overlay: str) -> tuple[dict[str, Any], ...]:
-    path = str(MANIFESTS / overlay)
-    if shutil.which("kubectl"):
-        cmd = ["kubectl", "kustomize", "--load-restrictor=LoadRestrictionsNone", path]
-    elif shutil.which("kustomize"):
-        cmd = ["kustomize", "build", "--load-restrictor=LoadRestrictionsNone", path]
-    else:
-        pytest.skip("neither kubectl nor kustomize on PATH")
+    cmd = [tool("kubectl"), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(MANIFESTS / overlay)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
@@ -212,9 +220,7 @@ HELM_VARIANTS = {
 
 @functools.lru_cache(maxsize=None)
 def helm_template(variant: str) -> tuple[dict[str, Any], ...]:
-    if not shutil.which("helm"):
-        pytest.skip("helm not on PATH")
-    cmd = ["helm", "template", "mentor", str(CHART), "--namespace=mentor-system", *HELM_VARIANTS[variant]]
+    cmd = [tool("helm"), "template", "mentor", str(CHART), "--namespace=mentor-system", *HELM_VARIANTS[variant]]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
