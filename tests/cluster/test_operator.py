@@ -58,6 +58,11 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
     assert result.stdout.count("(server dry run)") == len(objects)
 
 
+def test_kubectl_explain_documents_the_api(cluster):
+    out = cluster.kubectl("explain", "finetunejob.spec.lora").stdout
+    assert "Adapter settings for lora, qlora and dora." in out and "targetModules" in out
+
+
 def test_completed_job_drives_dataset_to_succeeded(operator, ns):
     ns.apply(dataset("docs"))
     status = ns.wait_phase("DomainDataset", "docs", "Succeeded")
@@ -69,6 +74,8 @@ def test_completed_job_drives_dataset_to_succeeded(operator, ns):
     assert ready["status"] == "True" and ready["lastTransitionTime"]
     job = ns.get("job", "docs-data")
     assert job["metadata"]["ownerReferences"][0]["uid"] == uid
+    header, row = ns.cp.kubectl("get", "dds", "-n", ns.name).stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "KEPT", "TOKENS", "AGE"] and row.split()[:2] == ["docs", "Succeeded"]
     config = json.loads(ns.get("configmap", "docs-data-config")["data"]["config.json"])
     assert config["sources"][0]["uri"] == "s3://bucket/docs/" and config["run"]["uid"] == uid
 

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from mentor_trainer.config.common import CelRule, ModelUri
 from mentor_trainer.config.rlhf import RLHFOptions
-from mentor_trainer.config.sft import Distributed
-
-from pydantic import Field
-
 from .common import JobSpecBase, KindApi, KindInfo, ModelRef, PrinterColumn, ResourceRef, immutable
 from .finetunejob import TrainingStatus, training_columns
 
@@ -26,7 +22,6 @@ class RLHFJobSpec(JobSpecBase, RLHFOptions):
     policy_ref: ModelRef | None = immutable("Resource whose model the policy starts from.", default=None, name="policyRef")
     policy_model: ModelUri | None = immutable("Model URI the policy starts from.", default=None, name="policyModel")
     dataset_ref: ResourceRef = immutable("DomainDataset with preference pairs or prompts.", name="datasetRef")
-    distributed: Distributed = Field(default_factory=Distributed, description="Multi-GPU / multi-node layout.")
 
 
 KIND = KindApi(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .common import CelRule, Endpoint, Hyperparameters, LoraConfig, ModelUri, PositiveInt, Spec, StageRuntime, StorageUri
+from .sft import Distributed
 
 Algorithm = Literal["dpo", "orpo", "kto", "grpo", "ppo", "reward-model"]
 
@@ -62,6 +63,7 @@ class RLHFOptions(Spec):
         default_factory=lambda: Hyperparameters(learning_rate=5e-6, epochs=1),
         description="Optimisation settings.",
     )
+    distributed: Distributed = Field(default_factory=Distributed, description="Multi-GPU / multi-node layout.")
     extra: dict[str, Any] = Field(
         default_factory=dict,
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
