@@ -94,6 +94,16 @@ class Kube:
         assert result is not None, f"apply of {path} returned 404"
         return result
 
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """POST; None when it exists already (409), so it doubles as a cheap existence check."""
+        meta = obj["metadata"]
+        try:
+            return self.request("POST", object_path(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         path = object_path(API_VERSIONS[kind], kind, namespace, name) + "/status"
         return self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

@@ -48,8 +48,8 @@ def plan_job_children(
 def plan_deployment_children(
     body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings, exported: bool
 ) -> Plan:
-    """Children of a ModelDeployment: the export Job first; once it has succeeded, the
-    InferenceService and (with drift monitoring) the drift-check CronJob."""
+    """Children of a ModelDeployment: the export ConfigMap and Job first; once it has
+    succeeded, the InferenceService and (with drift monitoring) the drift-check CronJob."""
     export = _stage_objects(body, spec, settings, resolved, "export", kubeflow_trainer=False)
     if not exported:
         return export

@@ -10,7 +10,7 @@ import kopf
 
 from ..api import KINDS
 from ..builders.meta import LABEL_MANAGED_BY, MANAGED_BY, child_name
-from .common import plain
+from .common import cached_lookup, plain
 from .reconcile import Context, fold_deployment, fold_runner, reconcile
 
 log = logging.getLogger("mentor.children")
@@ -38,7 +38,7 @@ def wake_dependents(ctx: Context, owner: dict[str, Any], indexes: dict[str, Any]
             if not dependent or (dependent.get("status") or {}).get("phase") not in (None, "Pending", "Waiting"):
                 continue
             try:
-                reconcile(ctx, dependent)
+                reconcile(ctx, dependent, cached_lookup(ctx, meta["namespace"], indexes))
             except kopf.TemporaryError:
                 pass  # still waiting on another reference; its own retry will come back
 

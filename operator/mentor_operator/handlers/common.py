@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from ..api import GROUP, VERSION, KindApi
+from ..api import GROUP, KINDS, VERSION, KindApi
 from ..builders.inputs import dependencies
 from ..metrics import PHASES
 from .reconcile import reconcile
@@ -20,14 +20,21 @@ def register(api: KindApi) -> None:
     @kopf.on.resume(GROUP, VERSION, plural, id="reconcile-resume")
     @kopf.on.create(GROUP, VERSION, plural, id="reconcile")
     @kopf.on.update(GROUP, VERSION, plural, field="spec", id="reconcile-update")
-    def reconcile_handler(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        reconcile(memo.ctx, plain(body))
+    def reconcile_handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
 
     @kopf.on.event(GROUP, VERSION, plural, id="track-phase")
     def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         phase = None if type == "DELETED" else (body.get("status") or {}).get("phase", "Pending")
         PHASES.observe(body["kind"], meta["namespace"], meta["name"], phase)
+
+    @kopf.index(GROUP, VERSION, plural, id=index_name(api.info.kind))
+    def succeeded_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+        # Succeeded is final for a generation, so a cached copy is safe to resolve from.
+        if (body.get("status") or {}).get("phase") != "Succeeded":
+            return None
+        return {(body["metadata"]["namespace"], body["metadata"]["name"]): plain(body)}
 
     @kopf.index(GROUP, VERSION, plural, id=f"dependents_{plural}")
     def dependents_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
@@ -38,6 +45,23 @@ def register(api: KindApi) -> None:
             (meta["namespace"], kind, name): (body["kind"], meta["name"])
             for kind, name in dependencies(body["kind"], spec)
         }
+
+
+def index_name(kind: str) -> str:
+    return f"succeeded_{KINDS[kind].info.plural}"
+
+
+def cached_lookup(ctx: Any, namespace: str, indexes: dict[str, Any]):
+    """Resolve references from the in-memory index of succeeded resources (no API call for
+    the common case), reading the API server for anything not known to have succeeded."""
+
+    def lookup(kind: str, name: str) -> dict[str, Any] | None:
+        store = indexes.get(index_name(kind))
+        for body in (store or {}).get((namespace, name), ()):
+            return body
+        return ctx.kube.get(kind, namespace, name)
+
+    return lookup
 
 
 def plain(body: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ..api import KINDS
 from ..builders import plan_deployment_children, plan_job_children
 from ..builders.config import output_uri
-from ..builders.inputs import resolve_inputs
+from ..builders.inputs import Lookup, resolve_inputs
 from ..builders.meta import child_name
 from ..kube import Kube
 from ..metrics import PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -75,13 +75,14 @@ def _phase_status(body: dict[str, Any], phase: str, reason: str, message: str, r
     return {"phase": phase, "message": message, "conditions": conditions, "observedGeneration": generation}
 
 
-def reconcile(ctx: Context, body: dict[str, Any]) -> None:
+def reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup | None = None) -> None:
     """Bring one resource's children and status in line with its spec.
     Raises kopf.TemporaryError while it waits for a dependency (kopf retries)."""
     kind = body["kind"]
     started = time.perf_counter()
     try:
-        outcome = _reconcile(ctx, body)
+        namespace = body["metadata"]["namespace"]
+        outcome = _reconcile(ctx, body, lookup or (lambda kind, name: ctx.kube.get(kind, namespace, name)))
         RECONCILES.labels(kind, outcome).inc()
     except kopf.TemporaryError:
         RECONCILES.labels(kind, "waiting").inc()
@@ -93,10 +94,9 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
         RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
-def _reconcile(ctx: Context, body: dict[str, Any]) -> str:
+def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
     api = KINDS[body["kind"]]
     meta = body["metadata"]
-    namespace = meta["namespace"]
     status = body.get("status") or {}
     try:
         spec = api.spec.model_validate(body.get("spec") or {})
@@ -107,7 +107,7 @@ def _reconcile(ctx: Context, body: dict[str, Any]) -> str:
     if status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == meta.get("generation"):
         return "done"
 
-    resolution = resolve_inputs(body["kind"], body["spec"], lambda kind, name: ctx.kube.get(kind, namespace, name))
+    resolution = resolve_inputs(body["kind"], body["spec"], lookup)
     if not resolution.ready:
         blocked = bool(resolution.blocked)
         message = "; ".join(resolution.blocked or resolution.waiting)
@@ -132,24 +132,19 @@ def _reconcile(ctx: Context, body: dict[str, Any]) -> str:
 
 
 def _apply(ctx: Context, children: list[dict[str, Any]], runner_plan: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Apply children; an existing runner only gets its suspend flag (Job templates are
-    immutable, and re-applying it must never make a second one)."""
+    """Create what does not exist yet; an existing runner only gets its suspend flag. Job
+    templates are immutable and a running stage keeps the config it started with, so the
+    create-if-absent is the idempotent step: a restarted operator never makes a second Job."""
     runner = None
-    if runner_plan is not None:
-        m = runner_plan["metadata"]
-        runner = ctx.kube.get(runner_plan["kind"], m["namespace"], m["name"], runner_plan["apiVersion"])
     for child in children:
-        if child is runner_plan and runner is not None:
-            wanted = runner_plan["spec"].get("suspend", False)
-            if bool((runner.get("spec") or {}).get("suspend")) != wanted:
-                m = runner_plan["metadata"]
-                runner = ctx.kube.patch(child["kind"], m["namespace"], m["name"], {"spec": {"suspend": wanted}}, child["apiVersion"])
+        created = ctx.kube.create(child)
+        if child is not runner_plan:
             continue
-        if runner is not None and child["kind"] == "ConfigMap":
-            continue  # the running stage keeps the config it started with
-        applied = ctx.kube.apply(child)
-        if child is runner_plan:
-            runner = applied
+        m = child["metadata"]
+        runner = created or ctx.kube.get(child["kind"], m["namespace"], m["name"], child["apiVersion"])
+        wanted = child["spec"].get("suspend", False)
+        if runner is not None and bool((runner.get("spec") or {}).get("suspend")) != wanted:
+            runner = ctx.kube.patch(child["kind"], m["namespace"], m["name"], {"spec": {"suspend": wanted}}, child["apiVersion"])
     return runner
 
 
@@ -202,9 +197,12 @@ def _reconcile_deployment(ctx: Context, body: dict[str, Any], spec: Any, resolve
     export_job = ctx.kube.get("Job", meta["namespace"], export_name, "batch/v1")
     exported = runner_state(export_job).phase == "Succeeded"
     plan = plan_deployment_children(body, spec, resolved, ctx.settings, exported)
-    runner = _apply(ctx, [c for c in plan.children if c["kind"] != "InferenceService"], plan.runner)
-    isvc = next((c for c in plan.children if c["kind"] == "InferenceService"), None)
-    applied_isvc = ctx.kube.apply(isvc) if isvc else None
+    # The export run is fixed once started; the serving objects follow the spec (server-side
+    # apply), so scaling, canary or schedule changes roll out.
+    export_objects = plan.children[:2]
+    runner = _apply(ctx, export_objects, plan.runner)
+    applied = {child["kind"]: ctx.kube.apply(child) for child in plan.children[2:]}
+    applied_isvc = applied.get("InferenceService")
     extra = {
         "outputUri": out,
         "children": _children_names(plan.children),

@@ -27,7 +27,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="mentor.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="mentor.dev")
     settings.persistence.finalizer = "mentor.dev/finalizer"
-    settings.posting.level = logging.INFO
+    # Events for warnings and our own explicit ones only: an Event per handler run would
+    # double the API writes of a busy operator.
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
