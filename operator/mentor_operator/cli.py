@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import random
 import sys
 from pathlib import Path
 
 
+def _limit_malloc_arenas() -> None:
+    """glibc gives each thread of the handler pool its own malloc arena; two arenas keep the
+    operator's RSS flat under load at no measurable cost (same as MALLOC_ARENA_MAX=2)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # -8 = M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def _operator(args: argparse.Namespace) -> int:
     import kopf
+
+    _limit_malloc_arenas()
 
     from . import handlers  # noqa: F401  (registers the handlers)
     from .settings import Settings

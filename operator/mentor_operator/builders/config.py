@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mentor_trainer.config import STAGE_CONFIGS, StageRuntime
-from mentor_trainer.config.common import RunIdentity, Spec, Tracking
+from mentor_trainer.config.common import ADMITTED, RunIdentity, Spec, Tracking
 
 from ..api import KINDS
 from ..settings import Settings
@@ -54,4 +54,5 @@ def render_stage_config(
         output_uri=output_uri(spec, body, settings),
     )
     shared.update({k: v for k, v in resolved.items() if k in config_model.model_fields and v is not None})
-    return config_model.model_validate(shared)
+    # The options were validated (rules included) as part of the spec already.
+    return config_model.model_validate(shared, context=ADMITTED)

@@ -44,6 +44,8 @@ def wake_dependents(ctx: Context, owner: dict[str, Any], indexes: dict[str, Any]
 
 
 def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> None:
+    if ctx.already_folded(child):
+        return
     owner = _owner(ctx, child)
     if owner is None:
         return
@@ -57,7 +59,9 @@ def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job-state")
 def job_state(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    if type != "DELETED":
+    if type == "DELETED":
+        memo.ctx.folded.pop(body["metadata"]["uid"], None)
+    else:
         _on_runner(memo.ctx, plain(body), kwargs)
 
 

@@ -23,21 +23,22 @@ def register(api: KindApi) -> None:
     def reconcile_handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
 
+    # Cheap, CPU-only handlers are async: they run on the event loop without a thread hop.
     @kopf.on.event(GROUP, VERSION, plural, id="track-phase")
-    def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
+    async def track_phase(type: str, body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         phase = None if type == "DELETED" else (body.get("status") or {}).get("phase", "Pending")
         PHASES.observe(body["kind"], meta["namespace"], meta["name"], phase)
 
     @kopf.index(GROUP, VERSION, plural, id=index_name(api.info.kind))
-    def succeeded_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    async def succeeded_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
         # Succeeded is final for a generation, so a cached copy is safe to resolve from.
         if (body.get("status") or {}).get("phase") != "Succeeded":
             return None
         return {(body["metadata"]["namespace"], body["metadata"]["name"]): plain(body)}
 
     @kopf.index(GROUP, VERSION, plural, id=f"dependents_{plural}")
-    def dependents_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    async def dependents_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
         # (namespace, referenced kind, referenced name) -> (this kind, this name); one entry per reference.
         meta = body["metadata"]
         spec = dict(body.get("spec") or {})

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
+
+from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
 from ..builders import plan_deployment_children, plan_job_children
@@ -41,6 +43,12 @@ class Context:
     kube: Kube
     settings: Settings
     kubeflow_trainer: bool = False
+    # runner uid -> the phase this replica last folded from it: a runner event that does not
+    # change the phase needs no read of its owner (most Job events during a burst).
+    folded: dict[str, str] = field(default_factory=dict)
+
+    def already_folded(self, runner: dict[str, Any]) -> bool:
+        return self.folded.get(runner["metadata"]["uid"]) == runner_state(runner).phase
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -99,7 +107,7 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
     meta = body["metadata"]
     status = body.get("status") or {}
     try:
-        spec = api.spec.model_validate(body.get("spec") or {})
+        spec = api.spec.model_validate(body.get("spec") or {}, context=ADMITTED)
     except ValidationError as error:
         message = format_validation_error(error)
         _write_status(ctx, body, _phase_status(body, "Failed", "InvalidSpec", message), ("Warning", "InvalidSpec"))
@@ -149,7 +157,7 @@ def _apply(ctx: Context, children: list[dict[str, Any]], runner_plan: dict[str, 
 
 
 def _children_names(children: list[dict[str, Any]]) -> dict[str, str]:
-    field = {
+    status_field = {
         "ConfigMap": "configMap",
         "Job": "job",
         "TrainJob": "trainJob",
@@ -159,7 +167,7 @@ def _children_names(children: list[dict[str, Any]]) -> dict[str, str]:
     }
     names: dict[str, str] = {}
     for child in children:
-        names.setdefault(field[child["kind"]], child["metadata"]["name"])
+        names.setdefault(status_field[child["kind"]], child["metadata"]["name"])
     return names
 
 
@@ -187,6 +195,8 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
             changes.update(result_status(kind, result, out))
             event = ("Normal", "StageSucceeded")
     _write_status(ctx, body, changes, event)
+    if runner is not None:
+        ctx.folded[runner["metadata"]["uid"]] = state.phase
     return state.phase
 
 

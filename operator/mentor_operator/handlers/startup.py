@@ -13,12 +13,16 @@ from ..settings import Settings
 from .reconcile import Context
 
 TRAINJOB_CRD = "trainjobs.trainer.kubeflow.org"
+WORKERS = 16  # threads running the (blocking) reconcile handlers
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     config = Settings.from_env()
-    kube = Kube(load_config())
+    api_client = load_config()
+    # one pooled connection per handler thread: no TLS handshake per request under load
+    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = WORKERS + 4
+    kube = Kube(api_client)
     use_trainer = config.use_kubeflow_trainer
     kubeflow = use_trainer == "always" or (use_trainer == "auto" and kube.crd_installed(TRAINJOB_CRD))
     memo.ctx = Context(kube=kube, settings=config, kubeflow_trainer=kubeflow)
@@ -30,7 +34,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Events for warnings and our own explicit ones only: an Event per handler run would
     # double the API writes of a busy operator.
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = WORKERS
     settings.watching.server_timeout = 300
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     # The peering name and priority come from `mentor operator` (kopf.run); without a
