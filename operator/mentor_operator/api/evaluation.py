@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mentor_trainer.config.common import CelRule, ModelUri, Spec
+from mentor_trainer.config.common import CelRule, ModelUri, Spec, exactly_one
 from mentor_trainer.config.evaluate import EvaluationOptions
 
 from .common import (
@@ -25,7 +25,7 @@ class EvaluationSpec(JobSpecBase, EvaluationOptions):
     """An evaluation run (the `mentor-trainer evaluate` stage)."""
 
     cel_rules = (
-        CelRule(rule="has(self.modelRef) != has(self.modelUri)", message="set exactly one of modelRef or modelUri", field_path=".modelRef"),
+        exactly_one("modelRef", "modelUri"),
         CelRule(
             rule="!(has(self.baselineRef) && has(self.baselineUri))",
             message="set at most one of baselineRef or baselineUri",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mentor_trainer.config.common import CelRule, ModelUri, Spec
+from mentor_trainer.config.common import CelRule, ModelUri, Spec, exactly_one
 from mentor_trainer.config.deploy import ServingOptions
 
 from .common import (
@@ -25,7 +25,7 @@ class ModelDeploymentSpec(JobSpecBase, ServingOptions):
     """A served model: export job, InferenceService and drift monitoring."""
 
     cel_rules = (
-        CelRule(rule="has(self.modelRef) != has(self.modelUri)", message="set exactly one of modelRef or modelUri", field_path=".modelRef"),
+        exactly_one("modelRef", "modelUri"),
         CelRule(
             rule="!has(self.monitoring.drift) || self.logging.enabled",
             message="drift monitoring needs payload logging enabled",

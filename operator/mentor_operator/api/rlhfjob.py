@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mentor_trainer.config.common import CelRule, ModelUri
+from mentor_trainer.config.common import ModelUri, exactly_one
 from mentor_trainer.config.rlhf import RLHFOptions
 from .common import JobSpecBase, KindApi, KindInfo, ModelRef, PrinterColumn, ResourceRef, immutable
 from .finetunejob import TrainingStatus, training_columns
@@ -11,13 +11,7 @@ from .finetunejob import TrainingStatus, training_columns
 class RLHFJobSpec(JobSpecBase, RLHFOptions):
     """A preference / RL training run (the `mentor-trainer rlhf` stage)."""
 
-    cel_rules = (
-        CelRule(
-            rule="has(self.policyRef) != has(self.policyModel)",
-            message="set exactly one of policyRef or policyModel",
-            field_path=".policyRef",
-        ),
-    )
+    cel_rules = (exactly_one("policyRef", "policyModel"),)
 
     policy_ref: ModelRef | None = immutable("Resource whose model the policy starts from.", default=None, name="policyRef")
     policy_model: ModelUri | None = immutable("Model URI the policy starts from.", default=None, name="policyModel")

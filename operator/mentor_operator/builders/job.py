@@ -88,8 +88,6 @@ def build_pod_template(
     config: StageRuntime,
     stage: str,
     config_map: str,
-    command: list[str] | None = None,
-    extra_env: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     sched = spec.scheduling
     pod_labels = {**sched.pod_labels, **labels(body["kind"], body["metadata"]["name"], stage)}
@@ -99,8 +97,8 @@ def build_pod_template(
         "name": "trainer",
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": command or ["mentor-trainer", stage, "--config", CONFIG_FILE],
-        "env": stage_env(settings, config) + (extra_env or []),
+        "command": ["mentor-trainer", stage, "--config", CONFIG_FILE],
+        "env": stage_env(settings, config),
         "resources": container_resources(spec),
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,

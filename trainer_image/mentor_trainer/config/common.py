@@ -68,6 +68,15 @@ class CelRule(BaseModel):
         return "oldSelf" in self.rule
 
 
+def exactly_one(first: str, second: str) -> CelRule:
+    """The rule for two alternative fields (wire names), reported on the first."""
+    return CelRule(
+        rule=f"has(self.{first}) != has(self.{second})",
+        message=f"set exactly one of {first} or {second}",
+        field_path=f".{first}",
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(rule: str):
     import celpy  # imported lazily: only needed where rules are evaluated

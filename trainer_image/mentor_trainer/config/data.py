@@ -16,6 +16,7 @@ from .common import (
     Spec,
     StageRuntime,
     StorageUri,
+    exactly_one,
 )
 
 SourceFormat = Literal["auto", "pdf", "html", "markdown", "text", "docx", "qa-jsonl", "qa-csv", "preference-jsonl"]
@@ -32,7 +33,7 @@ class Source(Spec):
     """One input: a URI prefix (every object below it is read) or inline documents."""
 
     cel_rules = (
-        CelRule(rule="has(self.uri) != has(self.inline)", message="set exactly one of uri or inline"),
+        exactly_one("uri", "inline"),
     )
 
     name: str = Field(min_length=1, max_length=63, description="Name of the source, used in statistics.")
