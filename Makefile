@@ -21,10 +21,11 @@ demo:  ## run the quickstart pipeline locally on CPU
 	"$$venv/bin/mentor" validate -f examples/quickstart/
 	"$$venv/bin/mentor" run -f examples/quickstart/ --root .mentor/quickstart
 
-test:  ## run the whole test suite (builds the control plane and helm on first use)
+test:  ## run the whole test suite (builds the control plane, helm and MinIO on first use)
 	venv="$(VENV)"
 	export MENTOR_K8S_BIN="$(CLUSTER_BIN)"
 	export MENTOR_HELM="$$(bash tests/cluster/build-helm.sh | tail -n 1)"
+	export MENTOR_MINIO="$$(bash tests/storage/build-minio.sh | tail -n 1)"
 	"$$venv/bin/python" -m pytest $(PYTEST_ARGS)
 
 test-unit:  ## pure tests only (no control plane, no training)

@@ -444,7 +444,8 @@ def delete_prefix(prefix: str | Uri) -> int:
     key = u.key.rstrip("/") + "/" if u.key else ""
     with _s3_errors(u, "delete"):
         names = [obj.object_name for obj in client.list_objects(u.bucket, prefix=key or None, recursive=True)]
-        if u.key and not u.key.endswith("/"):
+        # the prefix may also name one object; count it only if it is there
+        if u.key and not u.key.endswith("/") and exists(u):
             names.append(u.key)
         errors = list(client.remove_objects(u.bucket, (DeleteObject(name) for name in names)))
     if errors:
