@@ -296,7 +296,13 @@ def test_manifest_and_dataset_card(corpus_run):
         for fmt in config.formats:
             info = manifest["splits"][split][fmt]
             assert info["examples"] == len(read_rows(out, split, fmt))
-    assert any("index" in note for note in manifest["notImplemented"])
+    assert manifest["notImplemented"] == []
+    # without an embedding model the index is BM25 only, over every chunk of every split
+    assert manifest["index"]["dense"] is None and manifest["index"]["bm25"]["tokens"] > 0
+    assert manifest["index"]["chunks"] == manifest["steps"]["chunks"] == sum(
+        len(read_rows(out, s, "pretrain")) for s in SPLITS
+    )
+    assert json.loads((out / "index" / "index.json").read_text())["chunks"] == manifest["index"]["chunks"]
     card = (out / "README.md").read_text()
     assert result["contentHash"] in card and "load_dataset" in card and "irrelevant: 1" in card
     difficulties = [r["difficulty"] for r in read_rows(out, "train", "pretrain")]

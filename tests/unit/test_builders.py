@@ -163,3 +163,16 @@ def test_child_names_fit_label_limits():
     assert len(child_name(long, "sft")) <= 63
     assert child_name(long, "sft") != child_name(long[:-1] + "y", "sft")
     assert child_name("short", "sft") == "short-sft"
+
+
+def test_api_key_secrets_reach_the_pod_as_secret_refs_only():
+    spec = {
+        "sources": [{"name": "s", "uri": "s3://b/k"}],
+        "synthesis": {"teacher": {"url": "http://teacher:8000/v1", "model": "t", "apiKeySecret": {"name": "teacher-key", "key": "api-key"}}},
+    }
+    b = body("DomainDataset", spec)
+    plan = plan_job_children(b, KINDS["DomainDataset"].spec.model_validate(spec), {}, SETTINGS, False)
+    env = {e["name"]: e for e in plan.runner["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MENTOR_SECRET_TEACHER_KEY_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "teacher-key", "key": "api-key"}
+    config = json.loads(plan.children[0]["data"]["config.json"])
+    assert config["synthesis"]["teacher"]["apiKeySecret"] == {"name": "teacher-key", "key": "api-key"}

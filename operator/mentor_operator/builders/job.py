@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from mentor_trainer.config import StageRuntime
+from mentor_trainer.config.common import secret_refs
 
 from ..api.common import JobSpecBase
 from ..settings import Settings
@@ -56,6 +57,8 @@ def stage_env(settings: Settings, config: StageRuntime) -> list[dict[str, Any]]:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": config.tracking.uri})
     if settings.s3_endpoint:
         env.append({"name": "MENTOR_S3_ENDPOINT", "value": settings.s3_endpoint})
+    for ref in secret_refs(config):  # teacher / judge API keys, straight from their Secrets
+        env.append({"name": ref.env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if settings.s3_credentials_secret:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             env.append(

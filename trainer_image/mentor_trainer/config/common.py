@@ -12,6 +12,7 @@ them at `kubectl apply`) and the model evaluates the same expressions offline (s
 from __future__ import annotations
 
 import functools
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
@@ -155,6 +156,34 @@ class SecretKeyRef(Spec):
 
     name: str = Field(min_length=1, description="Name of the Secret.")
     key: str = Field(min_length=1, description="Key inside the Secret.")
+
+    @property
+    def env_name(self) -> str:
+        """The variable the operator fills from the Secret and the stage reads:
+        MENTOR_SECRET_<NAME>_<KEY>, so no value ever sits in a config or a log."""
+        return re.sub(r"[^A-Za-z0-9]", "_", f"MENTOR_SECRET_{self.name}_{self.key}").upper()
+
+
+def secret_refs(model: BaseModel) -> list[SecretKeyRef]:
+    """Every SecretKeyRef anywhere in a config, each once."""
+    found: list[SecretKeyRef] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretKeyRef):
+            if value not in found:
+                found.append(value)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(model)
+    return found
 
 
 class Endpoint(Spec):

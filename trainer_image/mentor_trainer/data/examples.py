@@ -10,7 +10,8 @@ Formats (one parquet file set per format and split, so each trainer loads exactl
 
 Every row also carries ``source``, ``group`` (mixture group), ``doc_id``, its position
 (``chunk_index``, ``char_start``, ``char_end`` for chunks), ``tokens``, ``language`` and
-``difficulty`` (in [0, 1): by length or by entity density).
+``difficulty`` (in [0, 1): by length, entity density or the base model's perplexity) and
+``origin`` (``source`` for examples built from the inputs, ``synthetic`` for the teacher's).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _COMMON = [
     ("tokens", pa.int32()),
     ("language", pa.string()),
     ("difficulty", pa.float32()),
+    ("origin", pa.string()),
 ]
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMAS = {

@@ -127,6 +127,36 @@ def dataset_card(manifest: dict) -> str:
         + (", ".join(f"{k} {v}" for k, v in mixture["realised"].items()) or "none")
         + ".",
     ]
+    if mixture.get("sampled"):
+        lines.append(
+            "Sampled to the weights: target per group "
+            + ", ".join(f"{k} {v}" for k, v in mixture.get("targetPerGroup", {}).items())
+            + (", oversampled " + ", ".join(f"{k} +{v}" for k, v in mixture["oversampledPerGroup"].items()) if mixture.get("oversampledPerGroup") else "")
+            + "."
+        )
+    synthesis = manifest.get("synthesis")
+    if synthesis:
+        lines += [
+            "",
+            "## Synthetic examples",
+            "",
+            f"Teacher `{synthesis['model']}` at {synthesis['teacher']}: {synthesis['pairs']} question-answer pairs from "
+            f"{synthesis['chunks']} chunks ({', '.join(f'{k} {v}' for k, v in synthesis['examplesPerFormat'].items()) or 'no examples'}); "
+            f"rows marked `origin: synthetic`."
+            + (" Skipped: " + ", ".join(f"{k} {v}" for k, v in synthesis["skippedByReason"].items()) + "." if synthesis["skippedByReason"] else ""),
+        ]
+    index = manifest.get("index")
+    if index:
+        dense = index.get("dense")
+        lines += [
+            "",
+            "## Retrieval index",
+            "",
+            f"`index/`: {index['chunks']} chunks; "
+            + (f"dense embeddings ({dense['model']}, dimension {dense['dimension']})" if dense else "no dense embeddings")
+            + ("; BM25 (CJK characters and bigrams, words)" if index.get("bm25") else "")
+            + ". Load with `mentor_trainer.data.index.Retriever.load(\"<this directory>\")`.",
+        ]
     if manifest.get("notImplemented"):
         lines += ["", "## Not applied", ""] + [f"- {item}" for item in manifest["notImplemented"]]
     first = next((f for s in SPLITS for f in manifest["formats"]), "pretrain")

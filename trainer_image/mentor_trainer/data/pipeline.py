@@ -9,7 +9,11 @@ memory holds only indexes: exact-duplicate hashes, MinHash signatures, line coun
 3. relevance (only when configured); collect split keys;
 4. chunk, build examples, split; validation/test examples that near-duplicate a training
    example are dropped; parquet written into the publish staging directory, then the
-   manifest, the dataset card and the commit marker.
+   manifest, the dataset card and the commit marker. Within this pass: chunks are spooled for
+   the retrieval index (:mod:`.index`) and for the teacher (:mod:`.synthesis`, run after the
+   documents, with bounded concurrency); training examples are mixed by group weight
+   (:mod:`.mixture`) before they are written; difficulty is scored per example (length,
+   entity density, or the base model's perplexity, :mod:`.perplexity`).
 
 The content hash covers the configuration (without runtime fields), the inputs (sha256 of
 each local file, ETag of each S3 object), the tokenizer files and the pipeline version. When
@@ -40,7 +44,7 @@ from .records import PREFERENCE, QA, TEXT, Counter, Document, Dropped, QARecord,
 
 log = logging.getLogger("mentor_trainer.data")
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: origin column, retrieval index, synthesis, mixture sampling, perplexity
 RUNTIME_FIELDS = {"run", "output_uri", "tracking", "progress_file"}
 MAX_RESULT_REASONS = 24
 
@@ -211,8 +215,10 @@ class DataStage:
     # -- main --------------------------------------------------------------------------
     def run(self) -> dict:
         config = self.config
-        if config.difficulty.method == "perplexity":
-            raise StageError("difficulty.method 'perplexity' is not supported by the data stage yet (use length or entity-density)")
+        if config.difficulty.method == "perplexity" and not config.difficulty.model_uri:
+            raise StageError("difficulty.method perplexity needs difficulty.modelUri (the base model that scores each example)")
+        self.perplexity = None
+        self.difficulty_scale = max(64, config.chunking.max_tokens // 2)
         self.patterns = clean.compile_patterns(config.cleaning.drop_patterns)
         storage.parse(config.output_uri)
         workroot = os.environ.get("MENTOR_WORK_DIR") or None
@@ -239,6 +245,10 @@ class DataStage:
                 self.tokenizer = load_tokenizer(config.tokenizer, work, (tokenizer_location, tokenizer_fingerprint))
             else:
                 self.tokenizer = FallbackTokenizer()
+            if config.difficulty.method == "perplexity":
+                from .perplexity import PerplexityScorer
+
+                self.perplexity = PerplexityScorer(config.difficulty.model_uri, work)
             self.dropped_log = Spool(self.work / "dropped.jsonl")
             pass1 = self.ingest()
             pass2 = self.clean_and_filter(pass1)
@@ -400,107 +410,225 @@ class DataStage:
         )
 
     # -- pass 4 ------------------------------------------------------------------------
-    def rows(self, unit) -> tuple[list[tuple[str, dict]], str | None]:
-        """(format, row) pairs for a unit, or the reason it yields none."""
+    def _difficulty(self, text: str, tokens: int) -> float:
+        if self.perplexity is not None:
+            return self.perplexity.difficulty(text)
+        return difficulty(text, tokens, self.config.difficulty.method, self.difficulty_scale)
+
+    def rows(self, unit) -> tuple[list[tuple[str, dict]], list, str | None]:
+        """(format, row) pairs for a unit, the chunks of a document, or the reason it yields none."""
         config = self.config
         formats = config.formats
         tok = self.tokenizer
-        method = config.difficulty.method
-        scale = max(64, config.chunking.max_tokens // 2)
-        common = {"source": unit.source, "group": unit.group, "doc_id": unit.id, "language": unit.language}
+        common = {"source": unit.source, "group": unit.group, "doc_id": unit.id, "language": unit.language, "origin": "source"}
         out: list[tuple[str, dict]] = []
         if isinstance(unit, Document):
-            if "pretrain" not in formats:
-                return [], "format-not-requested"
+            wants_chunks = "pretrain" in formats or self.index_builder is not None or self.synthesis_chunks is not None
+            if not wants_chunks:
+                return [], [], "format-not-requested"
             chunking = config.chunking
-            for chunk in chunk_text(unit.text, tok, chunking.max_tokens, chunking.overlap_tokens, chunking.respect_structure):
-                out.append(
-                    (
-                        "pretrain",
-                        {
-                            "text": chunk.text,
-                            **common,
-                            "tokens": chunk.tokens,
-                            "difficulty": difficulty(chunk.text, chunk.tokens, method, scale),
-                            "chunk_index": chunk.index,
-                            "char_start": chunk.start,
-                            "char_end": chunk.end,
-                        },
+            chunks = list(chunk_text(unit.text, tok, chunking.max_tokens, chunking.overlap_tokens, chunking.respect_structure))
+            if "pretrain" in formats:
+                scores = self.perplexity.difficulties([c.text for c in chunks]) if self.perplexity is not None else None
+                for position, chunk in enumerate(chunks):
+                    out.append(
+                        (
+                            "pretrain",
+                            {
+                                "text": chunk.text,
+                                **common,
+                                "tokens": chunk.tokens,
+                                "difficulty": scores[position] if scores is not None else self._difficulty(chunk.text, chunk.tokens),
+                                "chunk_index": chunk.index,
+                                "char_start": chunk.start,
+                                "char_end": chunk.end,
+                            },
+                        )
                     )
-                )
-            return out, None if out else "no-text"
+            if not chunks:
+                return [], [], "no-text"
+            if not out and self.synthesis_chunks is None:
+                # only indexed: the document is kept (its chunks are in the index), no examples
+                return [], chunks, None
+            return out, chunks, None
         if isinstance(unit, QARecord):
             question_tokens = tok.count(unit.question)
             if "sft" in formats:
                 tokens = question_tokens + tok.count(unit.answer)
-                out.append(("sft", self._chat(unit.question, unit.answer, common, tokens, method, scale)))
+                out.append(("sft", self._chat(unit.question, unit.answer, common, tokens)))
             if "cot" in formats and unit.reasoning:
                 answer = cot_answer(unit.reasoning, unit.answer)
                 tokens = question_tokens + tok.count(answer)
-                out.append(("cot", self._chat(unit.question, answer, common, tokens, method, scale)))
+                out.append(("cot", self._chat(unit.question, answer, common, tokens)))
             if not out:
-                return [], "no-reasoning" if "cot" in formats else "format-not-requested"
-            return out, None
+                return [], [], "no-reasoning" if "cot" in formats else "format-not-requested"
+            return out, [], None
         if "preference" not in formats:
-            return [], "format-not-requested"
-        tokens = tok.count(unit.prompt) + max(tok.count(unit.chosen), tok.count(unit.rejected))
-        text = f"{unit.prompt}\n{unit.chosen}"
-        row = {
-            "prompt": unit.prompt,
-            "chosen": unit.chosen,
-            "rejected": unit.rejected,
-            **common,
-            "tokens": tokens,
-            "difficulty": difficulty(text, tokens, method, scale),
-        }
-        return [("preference", row)], None
+            return [], [], "format-not-requested"
+        return [("preference", self._preference(unit.prompt, unit.chosen, unit.rejected, common))], [], None
 
-    @staticmethod
-    def _chat(question: str, answer: str, common: dict, tokens: int, method: str, scale: int) -> dict:
+    def _chat(self, question: str, answer: str, common: dict, tokens: int) -> dict:
         return {
             "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
             **common,
             "tokens": tokens,
-            "difficulty": difficulty(f"{question}\n{answer}", tokens, method, scale),
+            "difficulty": self._difficulty(f"{question}\n{answer}", tokens),
         }
 
+    def _preference(self, prompt: str, chosen: str, rejected: str, common: dict) -> dict:
+        tok = self.tokenizer
+        tokens = tok.count(prompt) + max(tok.count(chosen), tok.count(rejected))
+        return {
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            **common,
+            "tokens": tokens,
+            "difficulty": self._difficulty(f"{prompt}\n{chosen}", tokens),
+        }
+
+    def _write_train(self, fmt: str, row: dict) -> None:
+        self.sinks[("train", fmt)].write(row)
+        group = row["group"]
+        self.group_examples[group] = self.group_examples.get(group, 0) + 1
+        self.group_tokens[group] = self.group_tokens.get(group, 0) + row["tokens"]
+
+    def _route(self, split: str, fmt: str, row: dict) -> None:
+        if split == "train":
+            if self.cross is not None:
+                self.cross.add(self.cross.hasher.signature(comparison_text(fmt, row)), row["doc_id"])
+            if self.mixer is not None:
+                self.mixer.add(fmt, row)
+            else:
+                self._write_train(fmt, row)
+        else:
+            self.held.write({"split": split, "format": fmt, "row": row})
+
+    def synthesize(self, chunks: Spool) -> dict:
+        """Synthetic QA / CoT / preference examples from the teacher, routed like every example."""
+        from .synthesis import Synthesizer
+
+        options = self.config.synthesis
+        formats = self.config.formats
+        cleaning = self.config.cleaning
+        stats = {
+            "teacher": str(options.teacher.url),
+            "model": options.teacher.model,
+            "chunks": chunks.count,
+            "chunksAnswered": 0,
+            "pairs": 0,
+            "examplesPerFormat": {},
+            "skippedByReason": {},
+            "draftFallbacks": 0,
+        }
+        wanted = [f for f in ("sft", "cot", "preference") if f in formats]
+        if not (("sft" in wanted) or ("cot" in wanted and options.chain_of_thought) or ("preference" in wanted and options.preference_pairs)):
+            stats["note"] = "no requested format takes synthetic examples (sft, cot with chainOfThought, preference with preferencePairs)"
+            chunks.remove()
+            return stats
+        synthesizer = Synthesizer(options)
+        start = time.monotonic()
+
+        def norm(text: str) -> str:
+            text = clean.normalize(text, cleaning.unicode_nfkc, cleaning.strip_control_chars, cleaning.strip_html)
+            return self.redactor.redact(text) if self.redactor is not None else text
+
+        per_format = stats["examplesPerFormat"]
+        for result in synthesizer.run(chunks.read(), options.max_examples):
+            for reason, n in result.failures.items():
+                stats["skippedByReason"][reason] = stats["skippedByReason"].get(reason, 0) + n
+            if result.pairs:
+                stats["chunksAnswered"] += 1
+            stats["draftFallbacks"] += result.drafts_fallback
+            chunk = result.chunk
+            common = {"source": chunk["source"], "group": chunk["group"], "doc_id": chunk["doc_id"],
+                      "language": chunk["language"], "origin": "synthetic"}
+            for pair in result.pairs:
+                question, answer = norm(pair["question"]), norm(pair["answer"])
+                if not question.strip() or not answer.strip():
+                    stats["skippedByReason"]["synthesis-invalid"] = stats["skippedByReason"].get("synthesis-invalid", 0) + 1
+                    continue
+                stats["pairs"] += 1
+                made = []
+                q_tokens = self.tokenizer.count(question)
+                if "sft" in formats:
+                    made.append(("sft", self._chat(question, answer, common, q_tokens + self.tokenizer.count(answer))))
+                reasoning = norm(pair.get("reasoning") or "")
+                if "cot" in formats and options.chain_of_thought:
+                    if reasoning.strip():
+                        full = cot_answer(reasoning, answer)
+                        made.append(("cot", self._chat(question, full, common, q_tokens + self.tokenizer.count(full))))
+                    else:
+                        stats["skippedByReason"]["synthesis-no-reasoning"] = stats["skippedByReason"].get("synthesis-no-reasoning", 0) + 1
+                if "preference" in formats and options.preference_pairs and pair.get("draft"):
+                    made.append(("preference", self._preference(question, answer, norm(pair["draft"]), common)))
+                for fmt, row in made:
+                    per_format[fmt] = per_format.get(fmt, 0) + 1
+                    self._route(chunk["split"], fmt, row)
+        stats["stoppedEarly"] = synthesizer.stopped
+        stats["lastError"] = synthesizer.last_error or None
+        stats["failures"] = sum(n for r, n in stats["skippedByReason"].items() if r != "synthesis-invalid" and r != "synthesis-no-reasoning")
+        chunks.remove()
+        self._timed("synthesis", start)
+        if stats["failures"]:
+            log.warning("synthesis: %d teacher requests failed (%s)", stats["failures"], stats["skippedByReason"])
+        return stats
+
     def build(self, final: Spool, keys: dict[str, set[str]], staging: Path) -> dict:
+        from .index import IndexBuilder
+        from .mixture import Mixer, mixing_requested
+
         config = self.config
         start = time.monotonic()
         fractions = {"train": config.split.train, "validation": config.split.validation, "test": config.split.test}
         assignment = {kind: assign_splits(keys[kind], fractions, config.split.seed) for kind in keys}
         formats = [f for f in FORMATS if f in config.formats]
-        sinks = {(split, fmt): ParquetSink(staging, split, fmt) for split in SPLITS for fmt in formats}
+        self.sinks = sinks = {(split, fmt): ParquetSink(staging, split, fmt) for split in SPLITS for fmt in formats}
         near = config.dedup.near
-        cross = NearDuplicateIndex(near.threshold, near.num_perm, near.shingle_size) if config.dedup.across_splits else None
-        held = Spool(self.work / "heldout.jsonl")
+        self.cross = NearDuplicateIndex(near.threshold, near.num_perm, near.shingle_size) if config.dedup.across_splits else None
+        cross = self.cross
+        self.held = held = Spool(self.work / "heldout.jsonl")
+        self.mixer = Mixer(config.mixture, config.split.seed, self.work) if mixing_requested(config.mixture) else None
+        self.index_builder = IndexBuilder(config.index, self.work) if config.index.enabled else None
+        self.synthesis_chunks = Spool(self.work / "synthesis-chunks.jsonl") if config.synthesis is not None else None
         kept = chunks = 0
-        group_examples: dict[str, int] = {}
-        group_tokens: dict[str, int] = {}
+        self.group_examples: dict[str, int] = {}
+        self.group_tokens: dict[str, int] = {}
         for data in final.read():
             unit = from_json(data)
             split = assignment[unit.kind][unit.split_key]
-            rows, reason = self.rows(unit)
-            if not rows:
+            rows, doc_chunks, reason = self.rows(unit)
+            if not rows and not doc_chunks:
                 self.drop(unit.id, unit.source, reason or "no-examples", unit.kind)
                 continue
             kept += 1
             self.sources[unit.source]["kept"] += 1
             if kept % 100 == 0:
                 self.progress.update(phase="examples", documents=kept)
+            chunks += len(doc_chunks)
+            for chunk in doc_chunks:
+                where = {"doc_id": unit.id, "source": unit.source, "group": unit.group, "split": split,
+                         "language": unit.language, "chunk_index": chunk.index}
+                if self.index_builder is not None:
+                    self.index_builder.add(**where, char_start=chunk.start, char_end=chunk.end, text=chunk.text)
+                if self.synthesis_chunks is not None:
+                    self.synthesis_chunks.write({**where, "text": chunk.text})
             for fmt, row in rows:
-                if fmt == "pretrain":
-                    chunks += 1
-                if split == "train":
-                    sinks[(split, fmt)].write(row)
-                    group_examples[unit.group] = group_examples.get(unit.group, 0) + 1
-                    group_tokens[unit.group] = group_tokens.get(unit.group, 0) + row["tokens"]
-                    if cross is not None:
-                        cross.add(cross.hasher.signature(comparison_text(fmt, row)), row["doc_id"])
-                else:
-                    held.write({"split": split, "format": fmt, "row": row})
+                self._route(split, fmt, row)
         final.remove()
+        synthesis_stats = None
+        if self.synthesis_chunks is not None:
+            self.progress.update(force=True, phase="synthesis", chunks=self.synthesis_chunks.count)
+            synthesis_stats = self.synthesize(self.synthesis_chunks)
+        mixture_report = {"sampled": False}
+        if self.mixer is not None:
+            for fmt, row in self.mixer.mix():
+                self._write_train(fmt, row)
+            mixture_report = self.mixer.report
+        group_examples, group_tokens = self.group_examples, self.group_tokens
         examples_dropped: dict[str, int] = {}
+        if mixture_report.get("droppedPerGroup"):
+            examples_dropped["mixture-sampled-out"] = sum(mixture_report["droppedPerGroup"].values())
         for entry in held.read():
             row, fmt = entry["row"], entry["format"]
             if cross is not None:
@@ -516,12 +644,29 @@ class DataStage:
 
         examples_per_split = {s: sum(sinks[(s, f)].rows for f in formats) for s in SPLITS}
         total_examples = sum(examples_per_split.values())
+        if total_examples == 0 and synthesis_stats and synthesis_stats.get("failures"):
+            failed = ", ".join(f"{r} {n}" for r, n in sorted(synthesis_stats["skippedByReason"].items()))
+            raise StageError(
+                f"synthesis: the teacher at {synthesis_stats['teacher']} failed ({failed}; last error: "
+                f"{synthesis_stats['lastError']}) and synthesis was the only source of {', '.join(formats)} examples",
+                permanent=False,
+            )
         if total_examples == 0:
             reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.counter.dropped.items(), key=lambda kv: -kv[1]))
+            teacher = ""
+            if synthesis_stats and synthesis_stats.get("skippedByReason"):
+                skipped = ", ".join(f"{r} {n}" for r, n in sorted(synthesis_stats["skippedByReason"].items()))
+                teacher = f"; the teacher at {synthesis_stats['teacher']} gave no usable examples ({skipped})"
             raise StageError(
                 f"no training examples: formats {', '.join(formats)} produce nothing from the {self.steps.get('afterRelevance', 0)} "
-                f"documents left (dropped: {reasons})"
+                f"documents left (dropped: {reasons}){teacher}"
             )
+        index_info = None
+        if self.index_builder is not None:
+            index_start = time.monotonic()
+            self.progress.update(force=True, phase="index", chunks=self.index_builder.count)
+            index_info = self.index_builder.write(staging)
+            self._timed("index", index_start)
         tokens_total = sum(sink.tokens for sink in sinks.values())
         self.steps["documentsKept"] = kept
         self.steps["chunks"] = chunks
@@ -566,9 +711,15 @@ class DataStage:
                 "realised": {g: round(n / train_total, 4) for g, n in sorted(group_examples.items())},
                 "trainExamplesPerGroup": dict(sorted(group_examples.items())),
                 "trainTokensPerGroup": dict(sorted(group_tokens.items())),
-                "sampled": False,
+                **mixture_report,
             },
-            "difficulty": {"method": config.difficulty.method, "column": "difficulty"},
+            "difficulty": {
+                "method": config.difficulty.method,
+                "column": "difficulty",
+                **({"perplexity": self.perplexity.summary()} if self.perplexity is not None else {}),
+            },
+            "synthesis": synthesis_stats,
+            "index": index_info,
             "schemas": {f: [field.name for field in SCHEMAS[f]] for f in formats},
             "timingsSeconds": self.timings,
             "notImplemented": self.not_implemented(),
@@ -587,16 +738,8 @@ class DataStage:
         return result
 
     def not_implemented(self) -> list[str]:
-        config = self.config
-        notes = []
-        if config.synthesis is not None:
-            notes.append("synthesis: synthetic QA/CoT from a teacher endpoint is not generated yet")
-        if config.index.enabled:
-            notes.append("index: the retrieval index (dense + BM25) is not built yet")
-        groups = {s.group for s in config.sources}
-        if len(groups) > 1 or config.mixture.total_examples:
-            notes.append("mixture: groups are reported, not resampled to the configured weights yet")
-        return notes
+        """Parts of the configuration the stage does not apply yet (none at present)."""
+        return []
 
     @staticmethod
     def _compact(stats: dict) -> dict:
