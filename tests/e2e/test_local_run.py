@@ -13,11 +13,19 @@ from mentor_operator.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quickstart_runs_the_dataset_stage_for_real(tmp_path, capsys):
+def test_quickstart_runs_dataset_and_finetune_for_real(tmp_path, capsys):
+    from mentor_trainer.models import build_tiny_model
+
+    build_tiny_model(ROOT / ".mentor/tiny-model")  # what `make demo` does first
     root = tmp_path / "run"
     assert main(["run", "-f", str(ROOT / "examples/quickstart"), "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "<== DomainDataset/quickstart-corpus: Succeeded" in out
+    assert "<== FineTuneJob/quickstart-expert: Succeeded" in out
+    ftj = json.loads((root / "status/finetunejob-quickstart-expert.json").read_text())["status"]
+    metrics = ftj["metrics"]
+    assert metrics["eval_loss"] < metrics["base_eval_loss"], metrics
+    assert Path(ftj["modelUri"].removeprefix("file://"), "config.json").is_file()
     status = json.loads((root / "status/domaindataset-quickstart-corpus.json").read_text())["status"]
     output = Path(status["outputUri"].removeprefix("file://"))
     assert output.is_relative_to(root / "artifacts")

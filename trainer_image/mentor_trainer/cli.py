@@ -89,7 +89,22 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
     return module.main(config) or {}
 
 
+def tiny_model(argv: list[str]) -> int:
+    """`mentor-trainer tiny-model --out DIR`: a tiny Qwen2 model + local tokenizer (tests, quickstart)."""
+    parser = argparse.ArgumentParser(prog="mentor-trainer tiny-model", description=tiny_model.__doc__)
+    parser.add_argument("--out", required=True, help="Directory to write the model to.")
+    parser.add_argument("--seed", type=int, default=0, help="Initialisation seed.")
+    args = parser.parse_args(argv)
+    from .models import build_tiny_model
+
+    print(build_tiny_model(args.out, seed=args.seed))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tiny-model"]:
+        return tiny_model(argv[1:])
     parser = argparse.ArgumentParser(prog="mentor-trainer", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(STAGE_MODULES), help="Stage to run.")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,1 @@
+"""Training stages: `sft` (supervised fine-tuning and continued pre-training)."""
