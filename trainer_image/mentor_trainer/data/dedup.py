@@ -49,7 +49,8 @@ class MinHasher:
         self.b = generator.randint(0, 1 << 32, size=num_perm, dtype=np.uint64).astype(np.uint32)
 
     def shingles(self, text: str) -> np.ndarray:
-        """32-bit hashes (uint32) of the distinct shingles of a text."""
+        """32-bit hashes (uint32) of the shingles of a text (repeats included: the minimum
+        over them is the same, and skipping a unique() saves a sort per document)."""
         text = " ".join(text.lower().split())
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         k = self.shingle_size
@@ -63,7 +64,7 @@ class MinHasher:
             for j in range(k):
                 h = h * _BASE + codes[j : j + n]
             h = (_mix64(h) & _MAX_HASH).astype(np.uint32)
-        return np.unique(h)
+        return h
 
     def signature(self, text: str) -> np.ndarray:
         """The MinHash signature (num_perm uint32 values)."""
@@ -71,9 +72,10 @@ class MinHasher:
         signature = np.full(self.num_perm, _MAX32, dtype=np.uint32)
         with np.errstate(over="ignore"):
             for start in range(0, len(hashes), _BATCH):
-                batch = hashes[start : start + _BATCH, None]
-                permuted = batch * self.a + self.b  # wraps modulo 2^32
-                np.minimum(signature, permuted.min(axis=0), out=signature)
+                # (num_perm x batch): in-place add and a contiguous row-wise minimum
+                permuted = self.a[:, None] * hashes[None, start : start + _BATCH]  # wraps modulo 2^32
+                permuted += self.b[:, None]
+                np.minimum(signature, permuted.min(axis=1), out=signature)
         return signature
 
 

@@ -7,7 +7,7 @@ or dropped with a reason, so ``documentsIn == documentsKept + sum(droppedByReaso
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 TEXT = "text"
@@ -30,7 +30,7 @@ class Document:
     kind: str = TEXT
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat records: no deep copy needed
 
 
 @dataclass
@@ -49,7 +49,7 @@ class QARecord:
     kind: str = QA
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat records: no deep copy needed
 
 
 @dataclass
@@ -68,7 +68,7 @@ class PreferenceRecord:
     kind: str = PREFERENCE
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat records: no deep copy needed
 
 
 @dataclass
