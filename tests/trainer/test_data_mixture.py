@@ -233,5 +233,5 @@ def test_perplexity_needs_a_model(tmp_path):
     with pytest.raises(StageError, match="difficulty.modelUri"):
         run_stage(config)
     missing = config.model_copy(update={"difficulty": config.difficulty.model_copy(update={"model_uri": f"file://{tmp_path / 'nope'}"})})
-    with pytest.raises(StageError, match="difficulty.modelUri: model .*nope does not exist"):
+    with pytest.raises(StageError, match="difficulty.modelUri .*nope does not exist"):
         run_stage(missing)

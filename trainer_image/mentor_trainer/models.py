@@ -254,7 +254,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("MENTOR_MODEL_CACHE") or Path.home() / ".cache" / "mentor" / "models")
 
 
-def _cached_download(uri: str) -> Path:
+def _cached_download(uri: str, purpose: str = "base model") -> Path:
     """Download a storage prefix once into the model cache (keyed by the URI, completed
     downloads marked), so a restarted pod does not fetch it again."""
     key = hashlib.sha256(uri.encode()).hexdigest()[:24]
@@ -264,7 +264,7 @@ def _cached_download(uri: str) -> Path:
         return target
     infos = list(storage.list_objects(uri))
     if not infos:
-        raise StageError(f"base model {uri} is empty or missing: write a saved model there (config.json, *.safetensors, tokenizer) or fix the URI")
+        raise StageError(f"{purpose} {uri} is empty or missing: write a saved model there (config.json, *.safetensors, tokenizer) or fix the URI")
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     storage.download(uri, tmp)
     if target.exists():
@@ -276,19 +276,37 @@ def _cached_download(uri: str) -> Path:
     return target
 
 
-def resolve_model_dir(uri: str) -> Path:
-    """A local directory holding the checkpoint named by ``uri`` (hf:// is not handled here)."""
+def resolve_model_dir(uri: str, purpose: str = "base model") -> Path:
+    """A local directory holding the checkpoint named by ``uri`` (hf:// is not handled here).
+    ``purpose`` names the model in error messages (e.g. ``index.embeddingModel``)."""
     scheme = uri.partition("://")[0]
     if scheme in ("file", "pvc"):
         path = storage.local_path(uri)
         if not path.exists():
-            raise StageError(f"base model {uri} does not exist ({path}): build one (mentor-trainer tiny-model --out DIR) or fix baseModel")
+            raise StageError(f"{purpose} {uri} does not exist ({path}): build one (mentor-trainer tiny-model --out DIR) or fix the URI")
         return path
     if scheme == "s3":
-        return _cached_download(uri)
+        return _cached_download(uri, purpose)
     if scheme == "mlflow":
         return _mlflow_model_dir(uri)
     raise StageError(f"unsupported model URI {uri!r}: use s3://, pvc://, file://, mlflow://models/<name>/<version> or hf://org/name")
+
+
+def model_location(uri: str, purpose: str) -> str:
+    """What from_pretrained-style loaders take: a local directory, or a hub id for hf://."""
+    if uri.startswith("hf://"):
+        return uri[len("hf://") :]
+    path = resolve_model_dir(uri, purpose)
+    return str(path if path.is_dir() else path.parent)
+
+
+def torch_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001 - no usable torch means CPU
+        return "cpu"
 
 
 def _mlflow_model_dir(uri: str) -> Path:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..errors import StageError
 from .filters import CJK_RANGES
-from .models import fetch_model, torch_device
+from ..models import model_location, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ def bm25_tokens(text: str) -> list[str]:
     return tokens
 
 
-def load_embedding_model(uri: str, workdir: str | None = None, purpose: str = "index.embeddingModel"):
+def load_embedding_model(uri: str, purpose: str = "index.embeddingModel"):
     """A sentence-transformers model from a model URI (the real loading code; offline for local paths)."""
-    location = fetch_model(uri, purpose, workdir)
+    location = model_location(uri, purpose)
     try:
         from sentence_transformers import SentenceTransformer
 
@@ -148,7 +148,7 @@ class IndexBuilder:
         model = None
         dimension = None
         if options.embedding_model:
-            model = load_embedding_model(options.embedding_model, str(self.workdir))
+            model = load_embedding_model(options.embedding_model)
             dimension = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension())
         embeddings = None
         if model is not None and self.count:
@@ -252,9 +252,9 @@ class Retriever:
             raise StageError(f"retrieval index at {index_uri} has version {info.get('indexVersion')}, expected {INDEX_VERSION}")
         model = embedding_model
         if isinstance(model, str):
-            model = load_embedding_model(model, workdir, "embedding model")
+            model = load_embedding_model(model, "embedding model")
         elif model is None and info.get("dense") and info["dense"].get("model"):
-            model = load_embedding_model(info["dense"]["model"], workdir, f"embedding model of the index at {index_uri}")
+            model = load_embedding_model(info["dense"]["model"], f"embedding model of the index at {index_uri}")
         return cls(directory, info, model)
 
     def __len__(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..errors import StageError
-from .models import fetch_model, torch_device
+from ..models import model_location, torch_device
 
 NLL_SCALE = 3.0  # nll of 3 nats (perplexity ~20) -> difficulty 0.5
 MAX_TOKENS = 1024
@@ -20,8 +20,8 @@ BATCH = 8
 
 
 class PerplexityScorer:
-    def __init__(self, uri: str, workdir: str | None = None) -> None:
-        location = fetch_model(uri, "difficulty.modelUri", workdir)
+    def __init__(self, uri: str) -> None:
+        location = model_location(uri, "difficulty.modelUri")
         try:
             import torch
             import transformers

@@ -248,7 +248,7 @@ class DataStage:
             if config.difficulty.method == "perplexity":
                 from .perplexity import PerplexityScorer
 
-                self.perplexity = PerplexityScorer(config.difficulty.model_uri, work)
+                self.perplexity = PerplexityScorer(config.difficulty.model_uri)
             self.dropped_log = Spool(self.work / "dropped.jsonl")
             pass1 = self.ingest()
             pass2 = self.clean_and_filter(pass1)
