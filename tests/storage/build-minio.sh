@@ -10,43 +10,14 @@
 set -euo pipefail
 
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
-cache="${MENTOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mentor}"
-dir="$cache/bin/minio-$MINIO_VERSION"
-
-if [[ -x "$dir/minio" ]]; then
-    echo "$dir/minio"
-    exit 0
+# Version stamps as MinIO's buildscripts/gen-ldflags.go sets them, from the pseudo-version
+# (v0.0.0-YYYYMMDDhhmmss-<commit>); `minio --version` then names what was built.
+ldflags=""
+if [[ "$MINIO_VERSION" =~ ^v0\.0\.0-([0-9]{4})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})-([0-9a-f]{12})$ ]]; then
+    m=("${BASH_REMATCH[@]}")
+    p=github.com/minio/minio/cmd
+    ldflags+="-X $p.Version=${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z"
+    ldflags+=" -X $p.ReleaseTag=DEVELOPMENT.${m[1]}-${m[2]}-${m[3]}T${m[4]}-${m[5]}-${m[6]}Z"
+    ldflags+=" -X $p.CommitID=${m[7]} -X $p.ShortCommitID=${m[7]} -X $p.CopyrightYear=${m[1]}"
 fi
-mkdir -p "$cache/bin"
-# One build at a time per cache; a second caller waits, then finds it done.
-exec 9>"$cache/bin/.build-minio.lock"
-flock 9
-if [[ ! -x "$dir/minio" ]]; then
-    if ! command -v go >/dev/null; then
-        echo "build-minio.sh: 'go' not found on PATH" >&2
-        exit 1
-    fi
-    tmp="$(mktemp -d "$cache/bin/.tmp-minio.XXXXXX")"
-    trap 'rm -rf "$tmp"' EXIT
-    start=$SECONDS
-    echo "build-minio.sh: building minio $MINIO_VERSION" >&2
-    # Version stamps as MinIO's buildscripts/gen-ldflags.go sets them, from the pseudo-version
-    # (v0.0.0-YYYYMMDDhhmmss-<commit>); `minio --version` then names what was built.
-    ldflags="-s -w"
-    if [[ "$MINIO_VERSION" =~ ^v0\.0\.0-([0-9]{4})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})-([0-9a-f]{12})$ ]]; then
-        m=("${BASH_REMATCH[@]}")
-        p=github.com/minio/minio/cmd
-        ldflags+=" -X $p.Version=${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z"
-        ldflags+=" -X $p.ReleaseTag=DEVELOPMENT.${m[1]}-${m[2]}-${m[3]}T${m[4]}-${m[5]}-${m[6]}Z"
-        ldflags+=" -X $p.CommitID=${m[7]} -X $p.ShortCommitID=${m[7]} -X $p.CopyrightYear=${m[1]}"
-    fi
-    GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS= GOBIN="$tmp" go install -trimpath \
-        -ldflags "$ldflags" "github.com/minio/minio@$MINIO_VERSION"
-    [[ -x "$tmp/minio" ]] || { echo "build-minio.sh: minio missing after build" >&2; exit 1; }
-    chmod 0755 "$tmp"
-    rm -rf "$dir"
-    mv "$tmp" "$dir"
-    trap - EXIT
-    echo "build-minio.sh: built in $((SECONDS - start))s" >&2
-fi
-echo "$dir/minio"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../go-install.sh" minio github.com/minio/minio "$MINIO_VERSION" "$ldflags"
