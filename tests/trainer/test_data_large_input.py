@@ -8,14 +8,16 @@ import subprocess
 import sys
 
 SIZE = 200 * 1024 * 1024
-# Runs the real CLI and reports the process's own peak RSS, whatever the exit.
+# Runs the real CLI and reports the process's own peak RSS, whatever the exit. VmHWM, not
+# ru_maxrss: Linux carries ru_maxrss over exec from the forked parent (pytest, large by then).
 RUNNER = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from mentor_trainer.cli import main\n"
     "try:\n"
     "    code = main(sys.argv[1:])\n"
     "finally:\n"
-    "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+    "    print('PEAK_RSS_KB', hwm, file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 
