@@ -27,11 +27,13 @@ def _operator(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     kopf.configure(verbose=args.verbose)
+    settings = Settings.from_env()
+    namespaces = args.namespace or ([] if args.all_namespaces else settings.namespaces)
     kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
+        clusterwide=not namespaces,
+        namespaces=namespaces,
         standalone=args.standalone,
-        peering_name=args.peering or Settings.from_env().peering,
+        peering_name=args.peering or settings.peering,
         # Equal priorities make every replica pause; a random one per process makes exactly
         # one replica act, and another take over when it dies.
         priority=args.priority if args.priority is not None else random.randint(1, 2**31 - 1),
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     op = sub.add_parser("operator", help="Run the kopf operator against the current kubeconfig.")
     scope = op.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", help="Namespace or glob to watch (repeatable).")
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default).")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default unless MENTOR_NAMESPACES is set).")
     op.add_argument("--standalone", action="store_true", help="No peering (a single replica).")
     op.add_argument("--peering", default=None, help="Peering name shared by replicas (default: MENTOR_PEERING or mentor).")
     op.add_argument("--priority", type=int, default=None, help="Peering priority; the highest acts (default: random).")

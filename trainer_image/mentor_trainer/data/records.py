@@ -16,8 +16,16 @@ PREFERENCE = "preference"
 KINDS = (TEXT, QA, PREFERENCE)
 
 
+class FlatRecord:
+    """Records hold only plain fields, so their JSON form is a shallow copy (asdict would
+    deep-copy on the hot path)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 @dataclass
-class Document:
+class Document(FlatRecord):
     """A text document: becomes continued-pretraining chunks."""
 
     id: str  # URI of the file (``#part=N`` for parts of a large file) or ``inline:<source>/<id>``
@@ -29,12 +37,10 @@ class Document:
     language: str = ""
     kind: str = TEXT
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)  # flat records: no deep copy needed
 
 
 @dataclass
-class QARecord:
+class QARecord(FlatRecord):
     """A question-answer pair (optionally with reasoning): becomes SFT / CoT examples."""
 
     id: str
@@ -48,12 +54,10 @@ class QARecord:
     format: str = "qa"
     kind: str = QA
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)  # flat records: no deep copy needed
 
 
 @dataclass
-class PreferenceRecord:
+class PreferenceRecord(FlatRecord):
     """A prompt with a chosen and a rejected answer: passed through as a preference example."""
 
     id: str
@@ -67,8 +71,6 @@ class PreferenceRecord:
     format: str = "preference"
     kind: str = PREFERENCE
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)  # flat records: no deep copy needed
 
 
 @dataclass
