@@ -21,6 +21,13 @@ from .settings import Settings
 from .status import TERMINAL_PHASES, now, parse_result, result_status
 
 
+def read_progress(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet, or mid-replace
+        return {}
+
+
 @dataclass
 class StepResult:
     kind: str
@@ -105,6 +112,9 @@ class LocalExecutor:
 
     def _run_stage(self, doc: Document, stage: str, config: Any) -> tuple[bool, str]:
         config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-{stage}.json"
+        progress = config_path.with_suffix(".progress.json")
+        progress.unlink(missing_ok=True)
+        config = config.model_copy(update={"progress_file": str(progress)})
         config_path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
         termination = config_path.with_suffix(".result")
         termination.unlink(missing_ok=True)
@@ -119,14 +129,28 @@ class LocalExecutor:
             env=env,
         )
         assert process.stdout is not None
+        shown: dict[str, Any] = {}
         for line in process.stdout:
             self.out.write(f"    [{doc.name}] {line}")
+            shown = self._show_progress(doc.name, progress, shown)
             self.out.flush()
         code = process.wait()
+        self.bodies[(doc.kind, doc.name)]["status"]["progress"] = read_progress(progress)
         message = termination.read_text() if termination.exists() else ""
         if code != 0:
             return False, message or f"mentor-trainer {stage} exited with code {code}"
         return True, message
+
+    def _show_progress(self, name: str, path: Path, shown: dict[str, Any]) -> dict[str, Any]:
+        """One line whenever the stage's step or phase moved (what `kubectl get` would show)."""
+        current = read_progress(path)
+        if current.get("step") == shown.get("step") and current.get("phase") == shown.get("phase"):
+            return shown
+        if current.get("totalSteps"):
+            parts = [f"step {current.get('step')}/{current['totalSteps']}"]
+            parts += [f"{label} {current[key]}" for key, label in (("loss", "loss"), ("evalLoss", "eval loss"), ("etaSeconds", "eta s")) if current.get(key) is not None]
+            self.out.write(f"    [{name}] progress: {', '.join(parts)}\n")
+        return current
 
     def _finish(self, body: dict[str, Any], phase: str, message: str, started: float) -> StepResult:
         assert phase in TERMINAL_PHASES

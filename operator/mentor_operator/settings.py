@@ -22,7 +22,15 @@ class Settings(BaseModel):
         description="Secret (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) mounted as env into stage pods.",
     )
     mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking URI handed to stages.")
-    trainer_service_account: str | None = Field(default=None, description="Default ServiceAccount of stage pods.")
+    trainer_service_account: str = Field(
+        default="mentor-stage",
+        description="ServiceAccount of stage pods unless a resource names its own; the operator creates it per namespace.",
+    )
+    report_progress: bool = Field(
+        default=True,
+        description="Stage pods patch their resource's status.progress (the operator grants their account that, "
+        "and nothing else, per namespace); false: pods get no API token at all.",
+    )
     cluster_training_runtime: str = Field(
         default="torch-distributed", description="Kubeflow ClusterTrainingRuntime of multi-node TrainJobs."
     )

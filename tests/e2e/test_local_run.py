@@ -26,6 +26,8 @@ def test_quickstart_runs_dataset_and_finetune_for_real(tmp_path, capsys):
     metrics = ftj["metrics"]
     assert metrics["eval_loss"] < metrics["base_eval_loss"], metrics
     assert Path(ftj["modelUri"].removeprefix("file://"), "config.json").is_file()
+    assert ftj["progress"]["phase"] == "done" and ftj["progress"]["step"] == ftj["progress"]["totalSteps"] > 0
+    assert f"[quickstart-expert] progress: step {ftj['progress']['totalSteps']}/" in out
     status = json.loads((root / "status/domaindataset-quickstart-corpus.json").read_text())["status"]
     output = Path(status["outputUri"].removeprefix("file://"))
     assert output.is_relative_to(root / "artifacts")

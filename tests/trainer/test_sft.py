@@ -387,6 +387,7 @@ def test_cli_writes_result_tracks_and_reports_progress(tiny, dataset, tmp_path):
     state = json.loads(progress.read_text())
     assert state["step"] == state["totalSteps"] == 6
     assert state["evalLoss"] is not None and state["loss"] is not None and state["tokensPerSecond"] > 0
+    assert state["phase"] == "done" and state["percent"] == "100%" and state["etaSeconds"] == 0
 
     from mlflow.tracking import MlflowClient
 

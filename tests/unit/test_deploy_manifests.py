@@ -118,6 +118,9 @@ CHILD_GROUPS = {
     "CronJob": ("batch", "cronjobs"),
     "TrainJob": ("trainer.kubeflow.org", "trainjobs"),
     "InferenceService": ("serving.kserve.io", "inferenceservices"),
+    "ServiceAccount": ("", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
 }
 
 
@@ -143,6 +146,10 @@ def required_permissions() -> dict[tuple[str, str], set[str]]:
         ("serving.kserve.io", "inferenceservices"): {"list", "watch", "create", "patch"},
         # status.pod_termination: pods listed by job-name label.
         ("", "pods"): {"list"},
+        # handlers/reconcile._ensure_stage_access: the stage account and its progress Role.
+        ("", "serviceaccounts"): {"create"},
+        ("rbac.authorization.k8s.io", "roles"): {"create"},
+        ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
     }
     for plural in mentor_plurals():
         # Watched, annotated by kopf, read by reference resolution, created on drift retraining.

@@ -130,8 +130,10 @@ class Children(Spec):
 
 
 class Progress(Spec):
-    """Live training progress, reported by the trainer."""
+    """Live progress, reported by the stage itself (a merge patch of status.progress)."""
 
+    phase: str | None = Field(default=None, description="What the stage is doing (preparing, training, ingest, ...).")
+    documents: NonNegativeInt | None = Field(default=None, description="Documents processed (data stage).")
     step: NonNegativeInt | None = Field(default=None, description="Optimizer steps done.")
     total_steps: NonNegativeInt | None = Field(default=None, description="Optimizer steps planned.")
     epoch: float | None = Field(default=None, description="Current epoch (fractional).")
@@ -158,6 +160,7 @@ class StatusBase(Spec):
     completion_time: str | None = Field(default=None, description="When the work finished (RFC 3339).")
     children: Children = Field(default_factory=Children, description="Objects created for this resource.")
     output_uri: str | None = Field(default=None, description="Where outputs are written.")
+    progress: Progress = Field(default_factory=Progress, description="Live progress while the stage runs.")
 
 
 class PrinterColumn(Spec):

@@ -12,7 +12,6 @@ from .common import (
     KindApi,
     KindInfo,
     PrinterColumn,
-    Progress,
     ResourceRef,
     StatusBase,
     age_column,
@@ -41,7 +40,6 @@ class TrainingResult(Spec):
 class TrainingStatus(StatusBase, TrainingResult):
     """Observed state of a training job."""
 
-    progress: Progress = Field(default_factory=Progress, description="Live progress while running.")
 
 
 def training_columns() -> list[PrinterColumn]:

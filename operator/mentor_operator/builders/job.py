@@ -11,6 +11,7 @@ from mentor_trainer.config.common import secret_refs
 
 from ..api.common import JobSpecBase
 from ..settings import Settings
+from .access import stage_account, status_path
 from .meta import KUEUE_QUEUE_LABEL, child_name, labels, object_meta
 
 CONFIG_DIR = "/etc/mentor"
@@ -46,13 +47,15 @@ def build_config_map(body: dict[str, Any], config: StageRuntime, stage: str) -> 
     }
 
 
-def stage_env(settings: Settings, config: StageRuntime) -> list[dict[str, Any]]:
+def stage_env(body: dict[str, Any], settings: Settings, config: StageRuntime) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MENTOR_CONFIG", "value": CONFIG_FILE},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if settings.report_progress:
+        env.append({"name": "MENTOR_PROGRESS_PATH", "value": status_path(body)})
     if config.tracking.uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": config.tracking.uri})
     if settings.s3_endpoint:
@@ -101,7 +104,7 @@ def build_pod_template(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["mentor-trainer", stage, "--config", CONFIG_FILE],
-        "env": stage_env(settings, config),
+        "env": stage_env(body, settings, config),
         "resources": container_resources(spec),
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
@@ -128,10 +131,8 @@ def build_pod_template(
         pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
-    account = sched.service_account_name or settings.trainer_service_account
-    if account:
-        pod_spec["serviceAccountName"] = account
-    else:
+    pod_spec["serviceAccountName"] = stage_account(spec, settings)
+    if not settings.report_progress:  # the stage has no use for an API token then
         pod_spec["automountServiceAccountToken"] = False
     metadata: dict[str, Any] = {"labels": pod_labels}
     if sched.pod_annotations:
@@ -259,7 +260,7 @@ def build_train_job(
                 "numProcPerNode": dist.gpus_per_node,
                 "resourcesPerNode": resources,
                 "env": [
-                    e for e in stage_env(settings, config) if "valueFrom" not in e or "secretKeyRef" in e["valueFrom"]
+                    e for e in stage_env(body, settings, config) if "valueFrom" not in e or "secretKeyRef" in e["valueFrom"]
                 ]
                 + [{"name": "MENTOR_CONFIG_JSON", "valueFrom": {"configMapKeyRef": {"name": config_map, "key": "config.json"}}}],
             },

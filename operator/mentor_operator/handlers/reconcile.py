@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
 from ..builders import plan_deployment_children, plan_job_children
+from ..builders.access import build_stage_access, stage_account
 from ..builders.config import output_uri
 from ..builders.inputs import Lookup, resolve_inputs
 from ..builders.meta import child_name
@@ -46,6 +48,8 @@ class Context:
     # runner uid -> the phase this replica last folded from it: a runner event that does not
     # change the phase needs no read of its owner (most Job events during a burst).
     folded: dict[str, str] = field(default_factory=dict)
+    # (namespace, account) pairs whose progress RBAC this replica has made sure of
+    stage_access: set[tuple[str, str]] = field(default_factory=set)
 
     def already_folded(self, runner: dict[str, Any]) -> bool:
         return self.folded.get(runner["metadata"]["uid"]) == runner_state(runner).phase
@@ -126,6 +130,7 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
         raise kopf.TemporaryError(message, delay=delay)
 
     out = output_uri(spec, body, ctx.settings)
+    _ensure_stage_access(ctx, meta["namespace"], stage_account(spec, ctx.settings))
     if body["kind"] == "ModelDeployment":
         return _reconcile_deployment(ctx, body, spec, resolution.values, out)
     plan = plan_job_children(body, spec, resolution.values, ctx.settings, ctx.kubeflow_trainer)
@@ -137,6 +142,21 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
         extra["startTime"] = now()
     fold_runner(ctx, {**body, "status": {**status}}, runner, extra)
     return "applied"
+
+
+def _ensure_stage_access(ctx: Context, namespace: str, account: str) -> None:
+    """Create-if-absent the namespace's stage account and its progress Role (once per replica)."""
+    if not ctx.settings.report_progress or (namespace, account) in ctx.stage_access:
+        return
+    try:
+        for obj in build_stage_access(namespace, account, ctx.settings):
+            ctx.kube.create(obj)
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        # an operator installed with older RBAC: stages still run, only without live progress
+        log.warning("cannot grant %s/%s progress reports (%s); give the operator the rules in its ClusterRole", namespace, account, error.reason)
+    ctx.stage_access.add((namespace, account))
 
 
 def _apply(ctx: Context, children: list[dict[str, Any]], runner_plan: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from typing import Iterator
 
 from .. import storage
 from ..errors import StageError
+from ..progress import ProgressReporter
 from . import clean, ingest
 from .chunking import FallbackTokenizer, chunk_text, load_tokenizer, resolve_model_dir
 from .dedup import NearDuplicateIndex, exact_key
@@ -75,29 +76,6 @@ class Spool:
     def remove(self) -> None:
         self.handle.close()
         self.path.unlink(missing_ok=True)
-
-
-class Progress:
-    """Live progress as JSON in ``progress_file`` (read by the operator or the local runner)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path else None
-        self.last = 0.0
-        self.state: dict = {"stage": "data"}
-
-    def update(self, force: bool = False, **fields) -> None:
-        self.state.update(fields)
-        if self.path is None or (not force and time.monotonic() - self.last < 1.0):
-            return
-        self.last = time.monotonic()
-        self.state["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self.state))
-            os.replace(tmp, self.path)
-        except OSError as error:  # progress is best effort
-            log.debug("cannot write progress to %s: %s", self.path, error)
 
 
 def _source_error(index: int, source, error: StageError) -> StageError:
@@ -200,7 +178,7 @@ class DataStage:
         self.kinds_in = {TEXT: 0, QA: 0, PREFERENCE: 0}
         self.steps: dict[str, int] = {}
         self.timings: dict[str, float] = {}
-        self.progress = Progress(config.progress_file)
+        self.progress = ProgressReporter.for_stage(config.progress_file)
         self.dropped_log: Spool | None = None
         self.cleaning_stats = {"boilerplateLines": 0, "boilerplateLinesRemoved": 0, "patternLinesRemoved": 0}
 
@@ -214,6 +192,12 @@ class DataStage:
 
     # -- main --------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.progress.close()
+
+    def _run(self) -> dict:
         config = self.config
         if config.difficulty.method == "perplexity" and not config.difficulty.model_uri:
             raise StageError("difficulty.method perplexity needs difficulty.modelUri (the base model that scores each example)")

@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import storage
 from ..errors import StageError
+from ..progress import ProgressReporter
 from ..tracking import Tracker, trainer_callback
 from .data import Examples, curriculum_stages, load_examples, manifest_hash
 from .distributed import deepspeed_config, world_size
@@ -76,15 +77,13 @@ def choose_precision(requested: str, device: str) -> tuple[str, Any]:
 # Callbacks
 
 
-def progress_callback(path: str, tokens_fn):
+def progress_callback(reporter: ProgressReporter, tokens_fn):
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
-        """Writes {step, totalSteps, epoch, loss, evalLoss, tokensPerSecond, etaSeconds} on each log."""
+        """Reports {step, totalSteps, epoch, loss, evalLoss, tokensPerSecond, etaSeconds} on each log."""
 
         def __init__(self) -> None:
-            self.loss = None
-            self.eval_loss = None
             self.started = None
             self.start_step = 0
             self.start_tokens = 0
@@ -93,41 +92,33 @@ def progress_callback(path: str, tokens_fn):
             self.started = time.time()
             self.start_step = state.global_step
             self.start_tokens = tokens_fn(state)
+            reporter.update(force=True, phase="training", step=state.global_step, totalSteps=state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
+            fields = {}
             if "loss" in logs:
-                self.loss = logs["loss"]
+                fields["loss"] = round(float(logs["loss"]), 6)
             if "eval_loss" in logs:
-                self.eval_loss = logs["eval_loss"]
+                fields["evalLoss"] = round(float(logs["eval_loss"]), 6)
             elapsed = max(time.time() - (self.started or time.time()), 1e-6)
             done = state.global_step - self.start_step
             tokens = tokens_fn(state) - self.start_tokens
             eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
-            write_progress(
-                path,
-                {
-                    "step": state.global_step,
-                    "totalSteps": state.max_steps,
-                    "epoch": round(state.epoch or 0.0, 4),
-                    "loss": self.loss,
-                    "evalLoss": self.eval_loss,
-                    "tokensPerSecond": round(tokens / elapsed, 1) if tokens else None,
-                    "etaSeconds": round(eta, 1) if eta is not None else None,
-                    "percent": f"{100 * state.global_step / max(state.max_steps, 1):.0f}%",
-                    "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                },
+            reporter.update(
+                step=state.global_step,
+                totalSteps=state.max_steps,
+                epoch=round(state.epoch or 0.0, 4),
+                tokensPerSecond=round(tokens / elapsed, 1) if tokens else None,
+                etaSeconds=round(eta, 1) if eta is not None else None,
+                percent=f"{100 * state.global_step / max(state.max_steps, 1):.0f}%",
+                **fields,
             )
 
+        def on_train_end(self, args, state, control, **kwargs):
+            reporter.update(force=True, phase="saving", step=state.global_step, etaSeconds=0)
+
     return Progress()
-
-
-def write_progress(path: str, data: dict) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, target)
 
 
 def nan_guard_callback(learning_rate: float, precision: str):
@@ -231,8 +222,9 @@ class Job:
     notes: dict = field(default_factory=dict)
 
 
-def prepare(config, callbacks: tuple = ()) -> Job:
+def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = None) -> Job:
     """Everything up to a ready SFTTrainer (the tests drive this directly)."""
+    reporter = reporter or ProgressReporter(config.progress_file)
     import torch
     from datasets import Dataset
 
@@ -365,8 +357,7 @@ def prepare(config, callbacks: tuple = ()) -> Job:
     extra.append(fingerprint_callback(fingerprint))  # before the sync, so it travels with the checkpoint
     if not out.is_local:
         extra.append(checkpoint_sync_callback(out.join("checkpoints")))
-    if config.progress_file:
-        extra.append(progress_callback(config.progress_file, lambda state: int(getattr(state, "num_input_tokens_seen", 0) or 0)))
+    extra.append(progress_callback(reporter, lambda state: int(getattr(state, "num_input_tokens_seen", 0) or 0)))
     trainer_class = curriculum_trainer_class()
     trainer = trainer_class(
         model=model,
@@ -679,7 +670,14 @@ def _merged_model(job: Job, staging_adapter: storage.Uri):
 
 def run(config, callbacks: tuple = ()) -> dict:
     """main() with extra TrainerCallbacks (tests use them to interrupt a run)."""
-    job = prepare(config, callbacks)
+    with ProgressReporter.for_stage(config.progress_file) as reporter:
+        reporter.update(force=True, phase="preparing")
+        result = _run(config, prepare(config, callbacks, reporter))
+        reporter.update(force=True, phase="done", etaSeconds=0)
+        return result
+
+
+def _run(config, job: Job) -> dict:
     tracker = Tracker(config)
     tags = {
         "mentor.kind": config.run.kind,
