@@ -1,0 +1,1 @@
+"""The `mentor-trainer evaluate` stage: suites, comparison, gates, report."""
