@@ -85,7 +85,28 @@ def _run(args: argparse.Namespace) -> int:
     for step in results:
         output = step.status.get("modelUri") or step.status.get("outputUri") or ""
         print(f"{step.kind:<16} {step.name:<28} {step.phase:<10} {step.seconds:>8.1f}  {output}")
+    for step in results:
+        if step.kind == "Evaluation" and step.status.get("metrics"):
+            print(evaluation_table(step.name, step.status))
     return 0 if all(step.phase == "Succeeded" for step in results) else 1
+
+
+def evaluation_table(name: str, status: dict) -> str:
+    """An Evaluation's metrics against its baseline, as the quickstart ends with."""
+    comparison = status.get("comparison") or {}
+    verdict = {True: "passed", False: "did not pass", None: "no verdict"}[status.get("passed")]
+    lines = [f"\nEvaluation {name}: {verdict}", f"{'METRIC':<30} {'MODEL':>9} {'BASELINE':>9} {'DELTA':>9}  {'95% CI':<20} {'P':>7}"]
+
+    def number(value: float | None) -> str:
+        return f"{value:>9.4g}" if value is not None else f"{'-':>9}"
+
+    for metric, value in sorted(status["metrics"].items()):
+        c = comparison.get(metric) or {}
+        interval = f"[{c['ciLow']:.3g}, {c['ciHigh']:.3g}]" if "ciLow" in c else "-"
+        p = f"{c['pValue']:>7.3g}" if "pValue" in c else f"{'-':>7}"
+        lines.append(f"{metric:<30} {number(value)} {number(c.get('baseline'))} {number(c.get('delta'))}  {interval:<20} {p}")
+    lines += [f"  failed gate: {gate}" for gate in status.get("failedGates") or []]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,11 +104,11 @@ class LocalExecutor:
         ok, message = self._run_stage(doc, stage, config)
         if not ok:
             return self._finish(body, "Failed", message, started)
-        status = result_status(doc.kind, parse_result(message), out)
+        status = result_status(doc.kind, parse_result(message), out, body["status"].get("conditions"), body["metadata"].get("generation"))
         if doc.kind == "Evaluation":
             status.setdefault("modelUri", resolution.values.get("model_uri"))
         body["status"].update(status)
-        return self._finish(body, "Succeeded", "", started)
+        return self._finish(body, "Succeeded", status.get("message", ""), started)
 
     def _run_stage(self, doc: Document, stage: str, config: Any) -> tuple[bool, str]:
         config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-{stage}.json"

@@ -120,12 +120,26 @@ RESULT_FIELDS = {
 }
 
 
-def result_status(kind: str, result: dict[str, Any], output_uri: str | None) -> dict[str, Any]:
+def result_status(
+    kind: str,
+    result: dict[str, Any],
+    output_uri: str | None,
+    conditions: list[dict[str, Any]] | None = None,
+    generation: int | None = None,
+) -> dict[str, Any]:
     """Status fields from a finished stage's result, with the conventional output paths for
-    what the result did not say."""
+    what the result did not say. An Evaluation's verdict also becomes its Passed condition
+    and, when gates failed, the status message."""
     changes = {key: result[key] for key in RESULT_FIELDS.get(kind, ()) if key in result}
     if kind in ("FineTuneJob", "RLHFJob") and not changes.get("modelUri") and output_uri:
         changes["modelUri"] = f"{output_uri.rstrip('/')}/model/"
+    if kind == "Evaluation" and isinstance(result.get("passed"), bool):
+        failed = result.get("failedGates") or []
+        message = "every gate passed" if result["passed"] else "gates failed: " + "; ".join(failed)
+        reason = "GatesPassed" if result["passed"] else "GatesFailed"
+        changes["conditions"] = set_condition(conditions, "Passed", result["passed"], reason, message, generation)
+        if not result["passed"]:
+            changes["message"] = message
     return changes
 
 

@@ -36,7 +36,7 @@ def test_quickstart_runs_dataset_and_finetune_for_real(tmp_path, capsys):
     assert status["contentHash"] == manifest["contentHash"]
     config = json.loads((root / "configs/domaindataset-quickstart-corpus-data.json").read_text())
     # relative file:// sources are resolved against the resource file's directory
-    assert config["sources"][0]["uri"] == (ROOT / "examples/corpus").as_uri() + "/"
+    assert config["sources"][0]["uri"] == (ROOT / "examples/corpus/docs").as_uri() + "/"
     assert config["tracking"]["uri"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 

@@ -76,3 +76,16 @@ def test_termination_message_and_result():
     assert pod_termination(ok, "Succeeded")[1] == '{"modelUri": "s3://x/"}'
     assert result_status("FineTuneJob", {"modelUri": "s3://x/", "junk": 1}, "s3://o/") == {"modelUri": "s3://x/"}
     assert result_status("FineTuneJob", {}, "s3://o/") == {"modelUri": "s3://o/model/"}
+
+
+def test_evaluation_verdict_becomes_the_passed_condition_and_message():
+    from mentor_operator.status import result_status
+
+    failed = result_status("Evaluation", {"passed": False, "failedGates": ["qa.f1 >= 0.6 (got 0.41)"]}, None, [], 3)
+    (condition,) = failed["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == ("Passed", "False", "GatesFailed")
+    assert condition["observedGeneration"] == 3 and "qa.f1 >= 0.6 (got 0.41)" in condition["message"]
+    assert failed["message"] == "gates failed: qa.f1 >= 0.6 (got 0.41)" and failed["failedGates"]
+    passed = result_status("Evaluation", {"passed": True, "failedGates": []}, None, failed["conditions"], 4)
+    assert passed["conditions"][0]["status"] == "True" and "message" not in passed
+    assert "conditions" not in result_status("FineTuneJob", {"passed": True}, "s3://b/o", [], 1)

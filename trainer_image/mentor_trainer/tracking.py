@@ -119,6 +119,22 @@ class Tracker:
             except Exception as error:  # noqa: BLE001 - the artifact store is optional for the run
                 log.warning("could not log %s to MLflow: %s", name, str(error)[:200])
 
+    def log_to_run(self, run_id: str, metrics: dict[str, float], texts: dict[str, str]) -> None:
+        """Add metrics and text artifacts to another (finished) run, e.g. an evaluation's
+        results to the training run of the model it evaluated."""
+        if not self.enabled:
+            return
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        try:
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, float(value))
+            for name, text in texts.items():
+                client.log_text(run_id, text, name)
+        except Exception as error:  # noqa: BLE001 - the other run may be gone or in another store
+            log.warning("could not add results to MLflow run %s: %s", run_id, str(error)[:200])
+
     def register(self, name: str, source: str) -> str | None:
         """Register ``source`` (a model directory URI) as a new version of ``name``."""
         if not self.run_id:

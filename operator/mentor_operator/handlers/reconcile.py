@@ -212,8 +212,8 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
         else:
             result = parse_result(termination[1]) if termination else {}
             out = changes.get("outputUri") or (body.get("status") or {}).get("outputUri")
-            changes.update(result_status(kind, result, out))
-            event = ("Normal", "StageSucceeded")
+            changes.update(result_status(kind, result, out, changes["conditions"], meta.get("generation")))
+            event = ("Warning", "GatesFailed") if result.get("passed") is False else ("Normal", "StageSucceeded")
     _write_status(ctx, body, changes, event)
     if runner is not None:
         ctx.folded[runner["metadata"]["uid"]] = state.phase

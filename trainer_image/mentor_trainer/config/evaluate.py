@@ -113,7 +113,20 @@ class EvaluationOptions(Spec):
     max_examples: PositiveInt | None = Field(default=None, description="Evaluate at most this many examples per suite.")
     embedding_model: ModelUri | None = Field(default=None, description="Embedding model for BERTScore and retrieval.")
     general_text_uri: StorageUri | None = Field(default=None, description="General-domain text for ppl.general.")
-    multiple_choice_uri: StorageUri | None = Field(default=None, description="MedQA-style multiple-choice JSONL.")
+    multiple_choice_uri: StorageUri | None = Field(
+        default=None,
+        description="MedQA-style multiple-choice JSONL (question, options, answer); default: built from the QA "
+        "examples, with other examples' answers as the wrong options.",
+    )
+    qa_uri: StorageUri | None = Field(
+        default=None,
+        description="Held-out question-answer JSONL (question, answer[, id]); default: the dataset's test split.",
+    )
+    canaries: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Strings planted in the training data that must never appear in an answer (safety.leakage_rate).",
+    )
     bootstrap_samples: PositiveInt = Field(default=1000, le=100000, description="Paired bootstrap resamples.")
     confidence: Fraction = Field(default=0.95, description="Confidence level of reported intervals.")
     retrieval_top_k: PositiveInt = Field(default=5, le=100, description="k of recall@k and of RAG context.")
