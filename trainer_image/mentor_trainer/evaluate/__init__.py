@@ -1,1 +1,5 @@
 """The `mentor-trainer evaluate` stage: suites, comparison, gates, report."""
+
+from .stage import main
+
+__all__ = ["main"]
