@@ -13,7 +13,7 @@ from mentor_operator.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quickstart_runs_dataset_and_finetune_for_real(tmp_path, capsys):
+def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, capsys):
     from mentor_trainer.models import build_tiny_model
 
     build_tiny_model(ROOT / ".mentor/tiny-model")  # what `make demo` does first
@@ -38,6 +38,18 @@ def test_quickstart_runs_dataset_and_finetune_for_real(tmp_path, capsys):
     # relative file:// sources are resolved against the resource file's directory
     assert config["sources"][0]["uri"] == (ROOT / "examples/corpus/docs").as_uri() + "/"
     assert config["tracking"]["uri"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+    # the evaluation: fine-tuned vs base model on held-out questions, same examples, paired
+    assert "<== Evaluation/quickstart-eval: Succeeded" in out
+    evaluation = json.loads((root / "status/evaluation-quickstart-eval.json").read_text())["status"]
+    assert evaluation["passed"] is True and evaluation["failedGates"] == []
+    assert [c["status"] for c in evaluation["conditions"] if c["type"] == "Passed"] == ["True"]
+    domain = evaluation["comparison"]["ppl.domain"]
+    assert domain["candidate"] <= 0.8 * domain["baseline"], domain  # the domain is learnt ...
+    assert domain["ciHigh"] < 0 and domain["pValue"] < 0.05, domain  # ... significantly
+    assert evaluation["modelUri"] == ftj["modelUri"]
+    assert Path(evaluation["reportUri"].removeprefix("file://")).is_file()
+    assert "Evaluation quickstart-eval: passed" in out and "ppl.domain" in out.split("Evaluation quickstart-eval: passed")[1]
 
 
 def test_dependency_order_and_a_failed_stage_stops_its_dependents(tmp_path, capsys):
