@@ -145,6 +145,11 @@ def test_failed_evaluation_blocks_the_deployment(operator, ns):
     status = ns.wait_phase("ModelDeployment", "serve", "Failed", timeout=90)
     assert "did not pass (qa.f1 >= 0.6 (got 0.42)); refusing to roll out" in status["message"]
     assert ns.items("inferenceservices") == [] and ns.items("jobs", "mentor.dev/kind=ModelDeployment") == []
+    evaluation = ns.status("Evaluation", "ev")
+    (passed,) = [c for c in evaluation["conditions"] if c["type"] == "Passed"]
+    assert (passed["status"], passed["reason"]) == ("False", "GatesFailed") and "qa.f1 >= 0.6" in passed["message"]
+    assert evaluation["phase"] == "Succeeded" and evaluation["message"] == "gates failed: qa.f1 >= 0.6 (got 0.42)"
+    assert any(e["reason"] == "GatesFailed" and e["type"] == "Warning" for e in ns.events("ev"))
 
 
 def test_operator_killed_mid_flight_makes_no_duplicates(cluster, operator, ns):
