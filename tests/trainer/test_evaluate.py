@@ -303,26 +303,50 @@ def test_empty_test_split(tiny, dataset, tmp_path):
         evaluate(make_config(tiny, empty, tmp_path / "out2", suites=["qa", "perplexity"]))
 
 
-def test_nan_weights(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory) -> Path:
+    """A tiny model with one NaN weight: every logit it produces is NaN."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = build_tiny_model(tmp_path / "nan")
+    path = build_tiny_model(tmp_path_factory.mktemp("nan") / "model")
     model = AutoModelForCausalLM.from_pretrained(path)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
     model.save_pretrained(path)
+    return path
 
-    config = make_config(path, dataset, tmp_path / "out", qaUri=HELDOUT.as_uri(), maxExamples=4,
-                         gates=[{"metric": "ppl.domain", "op": "<=", "value": 1e9}])
-    result = evaluate(config)
-    assert "ppl.domain" not in result["metrics"]
-    assert result["passed"] is False
-    assert len(result["failedGates"]) == 1 and "ppl.domain" in result["failedGates"][0]
-    assert re.search(r"NaN|not measured", result["failedGates"][0]), result["failedGates"]
+
+NAN_SUITES = ["perplexity", "qa", "multiple-choice", "calibration"]
+
+
+def test_nan_weights_candidate(nan_model, tiny, dataset, tmp_path):
+    config = make_config(nan_model, dataset, tmp_path / "out", tiny, qaUri=HELDOUT.as_uri(), maxExamples=4,
+                         suites=NAN_SUITES, gates=[{"metric": "ppl.domain", "op": "<=", "value": 1000},
+                                                   {"metric": "mc.accuracy", "op": ">=", "baselineDelta": -1}])
+    result = evaluate(config)  # used to crash: the bootstrap of all-NaN pairs raised ValueError
     json.dumps(result, allow_nan=False)
+    assert "ppl.domain" not in result["metrics"] and "ppl.domain" not in result["comparison"]
+    assert "mc.accuracy" not in result["metrics"]  # NaN option scores are not wrong answers
+    assert "calibratedTemperature" not in result  # used to be a temperature fitted to NaN logits
+    assert "qa.f1" in result["metrics"]
+    assert result["passed"] is False
+    assert result["failedGates"] == ["ppl.domain <= 1000: value is NaN", "mc.accuracy >= baseline - 1: value is NaN"]
+    assert "nan" not in (result["summary"] or "").lower()
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert "ppl.domain" in document["notFinite"]
+    assert {"ppl.domain", "mc.accuracy"} <= set(document["notFinite"])
+    assert document["metrics"]["ppl.domain"] is None
+    assert "NaN" in document["suiteErrors"]["calibration"]
+
+
+def test_nan_weights_baseline(nan_model, tiny, dataset, tmp_path):
+    config = make_config(tiny, dataset, tmp_path / "out", nan_model, qaUri=HELDOUT.as_uri(), maxExamples=4,
+                         suites=["perplexity", "calibration"], gates=[{"metric": "ppl.domain", "op": "<=", "baselineFactor": 0.8}])
+    result = evaluate(config)
+    json.dumps(result, allow_nan=False)
+    assert "ppl.domain" in result["metrics"] and "ppl.domain" not in result["comparison"]
+    assert result["failedGates"] == ["ppl.domain <= 0.8 x baseline: baseline value is NaN"]
+    assert result["calibratedTemperature"] > 0  # the candidate's own calibration is unaffected
 
 
 # --------------------------------------------------------------------------------------

@@ -203,19 +203,28 @@ def compare(candidate: dict[str, SuiteResult], baseline: dict[str, SuiteResult],
                 ids = sorted(set(c["nll"]) & set(b["nll"]))
                 if not ids:
                     continue
-                out[metric] = paired_bootstrap_ratio(
+                _add_comparison(out, metric, lambda: paired_bootstrap_ratio(
                     [c["nll"][i] for i in ids], [c["tokens"][i] for i in ids],
                     [b["nll"][i] for i in ids], [b["tokens"][i] for i in ids],
                     samples=samples, confidence=confidence,
-                )
+                ))
             elif metric in cand.paired and metric in base.paired:
                 ids = sorted(set(cand.paired[metric]) & set(base.paired[metric]))
                 if ids:
-                    out[metric] = paired_bootstrap(
+                    _add_comparison(out, metric, lambda: paired_bootstrap(
                         [cand.paired[metric][i] for i in ids], [base.paired[metric][i] for i in ids],
                         samples=samples, confidence=confidence,
-                    )
+                    ))
     return out
+
+
+def _add_comparison(out: dict[str, Comparison], metric: str, bootstrap) -> None:
+    """A metric whose every pair holds a NaN (a model with NaN weights) has no comparison;
+    it must not crash the evaluation (its gates then fail with a reason)."""
+    try:
+        out[metric] = bootstrap()
+    except ValueError as error:
+        log.warning("no comparison of %s with the baseline: %s", metric, error)
 
 
 def comparison_status(metrics: dict[str, float], baseline: dict[str, float], comparisons: dict[str, Comparison]) -> dict[str, dict]:
@@ -235,7 +244,7 @@ def comparison_status(metrics: dict[str, float], baseline: dict[str, float], com
 def summary(gates, metrics: dict[str, float], comparisons: dict[str, Comparison]) -> str | None:
     """One metric for `kubectl get`: the first gated one, else the first of SUMMARY_METRICS."""
     names = [g.metric for g in gates] + list(SUMMARY_METRICS)
-    name = next((n for n in names if n in metrics), None)
+    name = next((n for n in names if n in metrics and math.isfinite(metrics[n])), None)
     if name is None:
         return None
     text = f"{name}={metrics[name]:.4g}"

@@ -141,7 +141,9 @@ def qa_suite(run: SuiteRunner) -> SuiteResult:
 def multiple_choice_suite(run: SuiteRunner) -> SuiteResult:
     scores = run.choice_scores().extra
     items = run.data.choices
-    correct = [float(int(np.argmax(lg)) == label) for lg, label in zip(scores["logits"], scores["labels"])]
+    # an item the model scored NaN/inf (broken weights) is not a wrong answer: NaN, so the metric is too
+    correct = [float(int(np.argmax(lg)) == label) if np.all(np.isfinite(lg)) else math.nan
+               for lg, label in zip(scores["logits"], scores["labels"])]
     result = _scored(items, {"mc.accuracy": correct})
     result.extra["builtFromQa"] = run.data.choices_built_from_qa
     result.rows = [{"suite": "multiple-choice", "id": i.id, "question": i.question, "correct": c} for i, c in zip(items, correct)]
@@ -152,12 +154,16 @@ def calibration_suite(run: SuiteRunner) -> SuiteResult:
     """Confidence = softmax over the options' mean token log-probs; the temperature that
     minimises the NLL of the right option is what serving can apply (Guo et al. 2017)."""
     scores = run.choice_scores().extra
-    k = {len(lg) for lg in scores["logits"]}
+    # option scores that are NaN/inf (broken weights) would fit a meaningless temperature
+    scored = [(lg, y) for lg, y in zip(scores["logits"], scores["labels"]) if np.all(np.isfinite(lg))]
+    if not scored:
+        raise StageError("no multiple-choice item has finite option scores: the model's outputs are NaN or infinite")
+    k = {len(lg) for lg, _ in scored}
     if len(k) != 1:  # temperature scaling needs one option count; keep the common one
-        common = max(k, key=lambda n: sum(len(lg) == n for lg in scores["logits"]))
-        pairs = [(lg, y) for lg, y in zip(scores["logits"], scores["labels"]) if len(lg) == common]
+        common = max(k, key=lambda n: sum(len(lg) == n for lg, _ in scored))
+        pairs = [(lg, y) for lg, y in scored if len(lg) == common]
     else:
-        pairs = list(zip(scores["logits"], scores["labels"]))
+        pairs = scored
     logits = np.array([lg for lg, _ in pairs], dtype=float)
     labels = np.array([y for _, y in pairs], dtype=int)
     confidence = softmax_confidences(logits, 1.0)
