@@ -4,7 +4,6 @@ operator running against it as a subprocess (so a test can kill -9 it and start 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

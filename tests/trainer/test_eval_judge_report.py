@@ -97,7 +97,8 @@ def test_prompt_and_metrics_follow_the_rubric():
         suite = JudgeSuite(judge_config(url_of(server), rubric=["correctness"]))
         outcome = suite.score(items(2))
         empty = suite.score([])
-    prompt = server.requests[0]["body"]["messages"][-1]["content"]
+    # two requests go out at once: find the first item's, whatever order they arrived in
+    (prompt,) = [p for r in server.requests if "Step 0 withers the leaf." in (p := r["body"]["messages"][-1]["content"])]
     assert '"correctness": <1-5>' in prompt and "terminology" not in prompt and "reasoning" not in prompt
     assert "Step 0 withers the leaf." in prompt
     assert set(outcome.metrics) == {"judge.score", "judge.correctness"}

@@ -19,7 +19,6 @@ import torch
 
 from mentor_trainer.evaluate.bertscore import BertScorer
 from mentor_trainer.evaluate.lm import LanguageModel
-from mentor_trainer.models import build_tiny_model
 
 TEXTS = [
     "Aurelian tea grows on the terraces of the Veyra Valley at 1,400 metres.",
@@ -41,20 +40,6 @@ PROMPTS[2] = [{"role": "system", "content": "You are a tea expert."}, *PROMPTS[2
 COMPLETIONS = ["Twelve traps per hectare.", "Hello!", "At least 80 % of the buds.", "一周有七天。", "To 45 centimetres."]
 OPTIONS = [["Twelve", "Twelve traps per hectare, checked every three days."], ["Hello", "Good morning to you"],
            ["80 %", "50 %", "All of them"], ["七天", "五天"], ["45 cm", "1 metre"]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 shared cores: one intra-op thread is several times faster than two fighting
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

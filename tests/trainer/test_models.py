@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instead of waiting
 
@@ -17,15 +16,9 @@ from mentor_trainer.models import (
     BOS,
     EOS,
     USER,
-    build_tiny_model,
     load_model_and_tokenizer,
     qwen2_1p5b_config,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_tiny_model_builds_and_loads_back(tiny):

@@ -18,26 +18,9 @@ import pytest
 from mentor_trainer.config import DataStageConfig
 from mentor_trainer.config.sft import SftStageConfig
 from mentor_trainer.errors import StageError
-from mentor_trainer.models import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "examples" / "corpus"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 shared cores: one intra-op thread is several times faster than two fighting
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

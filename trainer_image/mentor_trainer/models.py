@@ -337,14 +337,14 @@ def _mlflow_model_dir(uri: str) -> Path:
         raise StageError(f"cannot download {uri} from MLflow: {error.message}") from None
 
 
-def _check_checkpoint(path: Path, uri: str) -> None:
+def _check_checkpoint(path: Path, uri: str, purpose: str = "base model") -> None:
     if path.is_file():
-        raise StageError(f"base model {uri} is a file; point baseModel at the directory holding config.json")
+        raise StageError(f"{purpose} {uri} is a file; point it at the directory holding config.json")
     if not (path / "config.json").is_file():
-        raise StageError(f"base model {uri} has no config.json ({path}): it is not a saved transformers model")
+        raise StageError(f"{purpose} {uri} has no config.json ({path}): it is not a saved transformers model")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))
     if not weights:
-        raise StageError(f"base model {uri} has no weights (*.safetensors) next to config.json")
+        raise StageError(f"{purpose} {uri} has no weights (*.safetensors) next to config.json")
 
 
 def load_tokenizer(source: str | Path, uri: str, trust_remote_code: bool = False):
@@ -365,6 +365,7 @@ def load_model_and_tokenizer(
     device_map: Any = None,
     attn_implementation: str | None = None,
     load_model: bool = True,
+    purpose: str = "base model",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from a model URI (see the module doc)."""
     from transformers import AutoModelForCausalLM
@@ -393,8 +394,8 @@ def load_model_and_tokenizer(
             ) from None
         return LoadedModel(model, tokenizer, Path(name), uri)
 
-    path = resolve_model_dir(uri)
-    _check_checkpoint(path, uri)
+    path = resolve_model_dir(uri, purpose)
+    _check_checkpoint(path, uri, purpose)
     tokenizer = load_tokenizer(path, uri, trust_remote_code)
     model = None
     if load_model:
@@ -403,12 +404,12 @@ def load_model_and_tokenizer(
         except ValueError as error:
             if "trust_remote_code" in str(error):
                 raise StageError(
-                    f"base model {uri} needs its own code (trust_remote_code); set trustRemoteCode: true only if you trust it"
+                    f"{purpose} {uri} needs its own code (trust_remote_code); set trustRemoteCode: true only if you trust it"
                 ) from None
-            raise StageError(f"cannot load base model {uri}: {str(error)[:300]}") from None
+            raise StageError(f"cannot load {purpose} {uri}: {str(error)[:300]}") from None
         except Exception as error:  # noqa: BLE001 - OSError, SafetensorError, RuntimeError (shapes) ...
             raise StageError(
-                f"cannot load base model {uri} (unreadable or corrupt weights, {type(error).__name__}): {str(error)[:300]}"
+                f"cannot load {purpose} {uri} (unreadable or corrupt weights, {type(error).__name__}): {str(error)[:300]}"
             ) from None
     return LoadedModel(model, tokenizer, path, uri)
 

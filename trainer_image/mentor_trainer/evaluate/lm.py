@@ -37,12 +37,12 @@ class LanguageModel:
         self.truncated = 0  # inputs shortened to fit max_length, over all calls
 
     @classmethod
-    def load(cls, uri: str, batch_size: int = 8, dtype: Any = None) -> "LanguageModel":
+    def load(cls, uri: str, batch_size: int = 8, dtype: Any = None, purpose: str = "model") -> "LanguageModel":
         """Load from a model URI: bf16 on a GPU that has it, fp32 otherwise."""
         device = torch_device()
         if dtype is None:
             dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        loaded = load_model_and_tokenizer(uri, dtype=dtype)
+        loaded = load_model_and_tokenizer(uri, dtype=dtype, purpose=purpose)
         return cls(loaded.model, loaded.tokenizer, device=device, batch_size=batch_size)
 
     # ------------------------------------------------------------------ scoring

@@ -120,7 +120,7 @@ class Evaluation:
         from .lm import LanguageModel
 
         self.progress.update(force=True, phase=f"loading {role}")
-        lm = LanguageModel.load(uri, batch_size=self.config.generation.batch_size)
+        lm = LanguageModel.load(uri, batch_size=self.config.generation.batch_size, purpose=f"{role} model")
         suites = self.config.suites
 
         def report(suite: str) -> None:
