@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mentor_operator.cli import main
@@ -47,6 +48,12 @@ def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, caps
     domain = evaluation["comparison"]["ppl.domain"]
     assert domain["candidate"] <= 0.8 * domain["baseline"], domain  # the domain is learnt ...
     assert domain["ciHigh"] < 0 and domain["pValue"] < 0.05, domain  # ... significantly
+    assert domain["ratio"] == pytest.approx(domain["candidate"] / domain["baseline"], rel=1e-3)
+    assert "ratio" in evaluation["comparison"]["ppl.general"]  # general language, reported beside it
+    from mlflow.tracking import MlflowClient
+
+    training_run = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}").get_run(ftj["mlflowRunId"])
+    assert training_run.data.metrics["eval.ppl.domain"] == pytest.approx(evaluation["metrics"]["ppl.domain"], rel=1e-4)
     assert evaluation["modelUri"] == ftj["modelUri"]
     assert Path(evaluation["reportUri"].removeprefix("file://")).is_file()
     assert "Evaluation quickstart-eval: passed" in out and "ppl.domain" in out.split("Evaluation quickstart-eval: passed")[1]

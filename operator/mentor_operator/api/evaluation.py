@@ -51,6 +51,7 @@ class MetricComparison(Spec):
     candidate: float | None = Field(default=None, description="Candidate's value.")
     baseline: float | None = Field(default=None, description="Baseline's value.")
     delta: float | None = Field(default=None, description="candidate - baseline.")
+    ratio: float | None = Field(default=None, description="candidate / baseline (e.g. perplexity relative to the base model).")
     ci_low: float | None = Field(default=None, description="Lower end of the delta's confidence interval.")
     ci_high: float | None = Field(default=None, description="Upper end of the delta's confidence interval.")
     p_value: float | None = Field(default=None, description="Paired bootstrap p-value of the delta.")

@@ -238,6 +238,8 @@ def comparison_status(metrics: dict[str, float], baseline: dict[str, float], com
         elif math.isfinite(metrics[name]) and math.isfinite(baseline[name]):
             out[name] = {"candidate": round(metrics[name], 6), "baseline": round(baseline[name], 6),
                          "delta": round(metrics[name] - baseline[name], 6)}
+        if name.startswith("ppl.") and name in out and baseline[name]:
+            out[name]["ratio"] = round(metrics[name] / baseline[name], 6)
     return out
 
 
