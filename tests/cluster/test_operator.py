@@ -36,7 +36,9 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
         ("DomainDataset", DATASET, {}, False),
         ("FineTuneJob", {"baseModel": "s3://m/b/", "datasetRef": {"name": "d"}, "scheduling": {"queue": "q", "priorityClassName": "p"}}, {"base_model": "s3://m/b/", "dataset_uri": "s3://a/d/"}, False),
         ("FineTuneJob", {"baseModel": "s3://m/b/", "datasetRef": {"name": "d"}, "distributed": {"nodes": 2, "gpusPerNode": 4}}, {"base_model": "s3://m/b/", "dataset_uri": "s3://a/d/"}, False),
-        ("FineTuneJob", {"baseModel": "s3://m/b/", "datasetRef": {"name": "d"}, "distributed": {"nodes": 2, "gpusPerNode": 4}}, {"base_model": "s3://m/b/", "dataset_uri": "s3://a/d/"}, True),
+        ("FineTuneJob", {"baseModel": "s3://m/b/", "datasetRef": {"name": "d"}, "distributed": {"nodes": 2, "gpusPerNode": 4},
+                         "scheduling": {"nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}], "podAnnotations": {"a": "b"}}},
+         {"base_model": "s3://m/b/", "dataset_uri": "s3://a/d/"}, True),
         ("RLHFJob", {"algorithm": "dpo", "policyModel": "s3://m/p/", "datasetRef": {"name": "d"}}, {"policy_model": "s3://m/p/", "dataset_uri": "s3://a/d/"}, False),
         ("Evaluation", {"modelUri": "s3://m/x/", "datasetRef": {"name": "d"}}, {"model_uri": "s3://m/x/", "dataset_uri": "s3://a/d/"}, False),
     ]

@@ -117,6 +117,21 @@ def test_multi_node_with_kubeflow_is_a_trainjob():
     assert train_job["spec"]["runtimeRef"]["name"] == "torch-distributed"
 
 
+def test_trainjob_pods_get_placement_account_and_security_through_a_runtime_patch():
+    scheduling = {"nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                  "podAnnotations": {"team": "a"}}
+    spec = {**FTJ_SPEC, "distributed": {"nodes": 2, "gpusPerNode": 4}, "scheduling": scheduling}
+    _, plan = ftj_plan(spec, kubeflow=True)
+    (patch,) = plan.runner["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = replicated["template"]["spec"]["template"]
+    assert pod["spec"]["nodeSelector"] == {"gpu": "h100"}
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["spec"]["serviceAccountName"] == "mentor-stage"  # progress reports from rank 0
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["metadata"]["annotations"] == {"team": "a"} and pod["metadata"]["labels"]["mentor.dev/kind"] == "FineTuneJob"
+
+
 def test_data_job_has_no_gpu_and_suspend_is_passed_through():
     spec = {"sources": [{"name": "s", "uri": "s3://b/k"}], "suspend": True}
     b = body("DomainDataset", spec)

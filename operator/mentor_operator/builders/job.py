@@ -264,5 +264,34 @@ def build_train_job(
                 ]
                 + [{"name": "MENTOR_CONFIG_JSON", "valueFrom": {"configMapKeyRef": {"name": config_map, "key": "config.json"}}}],
             },
+            "runtimePatches": [train_job_pod_patch(body, spec, settings, stage)],
         },
+    }
+
+
+TRAINJOB_PATCH_MANAGER = "mentor.dev/operator"
+TRAINJOB_REPLICATED_JOB = "node"  # the torch ClusterTrainingRuntime's replicated job and container
+
+
+def train_job_pod_patch(body: dict[str, Any], spec: Any, settings: Settings, stage: str) -> dict[str, Any]:
+    """What the TrainJob API lets us set on the runtime's pods (a runtime patch): the same
+    placement, account, labels and restricted security context as a single-node Job. The API
+    has no priorityClassName here; put it on the ClusterTrainingRuntime."""
+    sched = spec.scheduling
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": stage_account(spec, settings),
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [{"name": TRAINJOB_REPLICATED_JOB, "securityContext": RESTRICTED_CONTAINER_SECURITY}],
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    metadata: dict[str, Any] = {"labels": {**sched.pod_labels, **labels(body["kind"], body["metadata"]["name"], stage)}}
+    if sched.pod_annotations:
+        metadata["annotations"] = dict(sched.pod_annotations)
+    replicated_job = {"name": TRAINJOB_REPLICATED_JOB, "template": {"spec": {"template": {"metadata": metadata, "spec": pod_spec}}}}
+    return {
+        "manager": TRAINJOB_PATCH_MANAGER,
+        "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated_job]}}},
     }
