@@ -23,3 +23,29 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The example corpus (documents and training QA, not the held-out questions) through the
+    real data stage: pretrain, sft and cot formats and the default (BM25) retrieval index."""
+    from mentor_trainer.config import DataStageConfig
+    from mentor_trainer.data import main as data_main
+
+    corpus = Path(__file__).resolve().parents[2] / "examples" / "corpus"
+    out = tmp_path_factory.mktemp("dataset") / "aurelian"
+    config = DataStageConfig.model_validate(
+        {
+            "run": {"kind": "DomainDataset", "name": "aurelian", "namespace": "tests"},
+            "outputUri": out.as_uri(),
+            "sources": [
+                {"name": "docs", "uri": (corpus / "docs").as_uri()},
+                {"name": "qa", "uri": (corpus / "qa").as_uri()},
+            ],
+            "formats": ["pretrain", "sft", "cot"],
+            "chunking": {"maxTokens": 256, "overlapTokens": 32},
+            "split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 7},
+        }
+    )
+    data_main(config)
+    return out

@@ -19,7 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from mentor_trainer.config import DataStageConfig
 from mentor_trainer.config.evaluate import METRICS, EvaluateStageConfig
 from mentor_trainer.errors import StageError
 from mentor_trainer.evaluate.stage import main as evaluate
@@ -45,29 +44,6 @@ GATES = [
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("baseline") / "model", seed=1)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """The example corpus through the real data stage (pretrain, sft, cot; default BM25 index)."""
-    from mentor_trainer.data import main as data_main
-
-    out = tmp_path_factory.mktemp("dataset") / "aurelian"
-    config = DataStageConfig.model_validate(
-        {
-            "run": {"kind": "DomainDataset", "name": "aurelian", "namespace": "tests"},
-            "outputUri": out.as_uri(),
-            "sources": [
-                {"name": "docs", "uri": (CORPUS / "docs").as_uri()},
-                {"name": "qa", "uri": (CORPUS / "qa").as_uri()},
-            ],
-            "formats": ["pretrain", "sft", "cot"],
-            "chunking": {"maxTokens": 256, "overlapTokens": 32},
-            "split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 7},
-        }
-    )
-    data_main(config)
-    return out
 
 
 def make_config(model: Path, dataset: Path, out: Path, baseline: Path | None = None, **options) -> EvaluateStageConfig:
@@ -146,7 +122,10 @@ def test_comparison_with_the_baseline(full):
               "retrieval.rag_f1_gain"}
     for name in paired:
         c = comparison[name]
-        assert set(c) == {"candidate", "baseline", "delta", "ciLow", "ciHigh", "pValue"}, (name, c)
+        ratio = {"ratio"} if name.startswith("ppl.") else set()  # perplexity relative to the baseline
+        assert set(c) == {"candidate", "baseline", "delta", "ciLow", "ciHigh", "pValue"} | ratio, (name, c)
+        if ratio:
+            assert c["ratio"] == pytest.approx(c["candidate"] / c["baseline"], rel=1e-4)
         assert c["ciLow"] - 1e-6 <= c["delta"] <= c["ciHigh"] + 1e-6, (name, c)
         assert 0 < c["pValue"] <= 1, (name, c)
         assert c["candidate"] == pytest.approx(result["metrics"][name], abs=1e-5)

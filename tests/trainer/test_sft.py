@@ -15,36 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from mentor_trainer.config import DataStageConfig
 from mentor_trainer.config.sft import SftStageConfig
 from mentor_trainer.errors import StageError
-
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO / "examples" / "corpus"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """The example corpus through the real data stage (pretrain, sft and cot formats)."""
-    from mentor_trainer.data import main as data_main
-
-    out = tmp_path_factory.mktemp("dataset") / "aurelian"
-    config = DataStageConfig.model_validate(
-        {
-            "run": {"kind": "DomainDataset", "name": "aurelian", "namespace": "tests"},
-            "outputUri": out.as_uri(),
-            "sources": [
-                {"name": "docs", "uri": (CORPUS / "docs").as_uri()},
-                {"name": "qa", "uri": (CORPUS / "qa").as_uri()},
-            ],
-            "formats": ["pretrain", "sft", "cot"],
-            "chunking": {"maxTokens": 256, "overlapTokens": 32},
-            "split": {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 7},
-            "index": {"enabled": False},
-        }
-    )
-    data_main(config)
-    return out
 
 
 def make_config(tiny: Path, dataset: Path, out_dir: Path, **options) -> SftStageConfig:

@@ -96,9 +96,6 @@ def build_pod_template(
     config_map: str,
 ) -> dict[str, Any]:
     sched = spec.scheduling
-    pod_labels = {**sched.pod_labels, **labels(body["kind"], body["metadata"]["name"], stage)}
-    if sched.queue:
-        pod_labels[KUEUE_QUEUE_LABEL] = sched.queue
     container = {
         "name": "trainer",
         "image": spec.image or settings.trainer_image,
@@ -125,19 +122,34 @@ def build_pod_template(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
         ],
     }
-    if sched.node_selector:
-        pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    pod_spec.update(_placement(spec, settings))
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
-    pod_spec["serviceAccountName"] = stage_account(spec, settings)
     if not settings.report_progress:  # the stage has no use for an API token then
         pod_spec["automountServiceAccountToken"] = False
+    return {"metadata": _pod_metadata(body, spec, stage), "spec": pod_spec}
+
+
+def _placement(spec: JobSpecBase, settings: Settings) -> dict[str, Any]:
+    """Where a stage pod may run and as whom (shared by Jobs and TrainJob runtime patches)."""
+    sched = spec.scheduling
+    placement: dict[str, Any] = {"serviceAccountName": stage_account(spec, settings)}
+    if sched.node_selector:
+        placement["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        placement["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    return placement
+
+
+def _pod_metadata(body: dict[str, Any], spec: JobSpecBase, stage: str) -> dict[str, Any]:
+    sched = spec.scheduling
+    pod_labels = {**sched.pod_labels, **labels(body["kind"], body["metadata"]["name"], stage)}
+    if sched.queue:
+        pod_labels[KUEUE_QUEUE_LABEL] = sched.queue
     metadata: dict[str, Any] = {"labels": pod_labels}
     if sched.pod_annotations:
         metadata["annotations"] = dict(sched.pod_annotations)
-    return {"metadata": metadata, "spec": pod_spec}
+    return metadata
 
 
 def _job_meta(body: dict[str, Any], spec: JobSpecBase, name: str, stage: str) -> dict[str, Any]:
@@ -277,20 +289,13 @@ def train_job_pod_patch(body: dict[str, Any], spec: Any, settings: Settings, sta
     """What the TrainJob API lets us set on the runtime's pods (a runtime patch): the same
     placement, account, labels and restricted security context as a single-node Job. The API
     has no priorityClassName here; put it on the ClusterTrainingRuntime."""
-    sched = spec.scheduling
     pod_spec: dict[str, Any] = {
-        "serviceAccountName": stage_account(spec, settings),
+        **_placement(spec, settings),
         "securityContext": RESTRICTED_POD_SECURITY,
         "containers": [{"name": TRAINJOB_REPLICATED_JOB, "securityContext": RESTRICTED_CONTAINER_SECURITY}],
     }
-    if sched.node_selector:
-        pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
-    metadata: dict[str, Any] = {"labels": {**sched.pod_labels, **labels(body["kind"], body["metadata"]["name"], stage)}}
-    if sched.pod_annotations:
-        metadata["annotations"] = dict(sched.pod_annotations)
-    replicated_job = {"name": TRAINJOB_REPLICATED_JOB, "template": {"spec": {"template": {"metadata": metadata, "spec": pod_spec}}}}
+    pod = {"metadata": _pod_metadata(body, spec, stage), "spec": pod_spec}
+    replicated_job = {"name": TRAINJOB_REPLICATED_JOB, "template": {"spec": {"template": pod}}}
     return {
         "manager": TRAINJOB_PATCH_MANAGER,
         "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated_job]}}},
