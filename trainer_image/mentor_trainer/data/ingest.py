@@ -501,7 +501,8 @@ def record_from_dict(record: dict, fmt: str, rid: str, source, split_key: str) -
     if question is None or answer is None:
         return None
     reasoning = _first(record, REASONING_KEYS) or ""
-    return QARecord(rid, source.name, source.group, question, answer, split_key, reasoning=reasoning)
+    evidence = _first(record, ("evidence",)) or ""
+    return QARecord(rid, source.name, source.group, question, answer, split_key, reasoning=reasoning, evidence=evidence)
 
 
 def _record_id(record: dict, uri: str, line: int) -> str:

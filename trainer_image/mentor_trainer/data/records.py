@@ -53,6 +53,7 @@ class QARecord(FlatRecord):
     language: str = ""
     format: str = "qa"
     kind: str = QA
+    evidence: str = ""  # the passage that answers it, when the file names one (evaluation recall@k)
 
 
 

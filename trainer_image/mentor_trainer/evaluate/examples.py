@@ -8,8 +8,6 @@ that cannot be used are skipped and counted, never silently lost.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import random
@@ -18,6 +16,8 @@ from dataclasses import dataclass, field
 
 from .. import storage
 from ..errors import StageError
+from ..data.ingest import iter_object
+from ..data.records import Dropped, QARecord
 from ..train.data import read_split
 from .text import extract_answer
 
@@ -112,13 +112,11 @@ def _qa_from_split(dataset_uri: str, skipped: Counter) -> list[QAItem]:
 
 
 def _records(uri: str) -> list[tuple[int, dict | None]]:
-    """(line number, record or None when unreadable) of a JSONL or CSV file."""
+    """(line number, record or None when unreadable) of a JSONL file."""
     try:
         text = storage.read_text(uri)
     except UnicodeDecodeError:
         raise StageError(f"{uri} is not UTF-8 text") from None
-    if uri.lower().endswith(".csv"):
-        return [(n + 2, dict(row)) for n, row in enumerate(csv.DictReader(io.StringIO(text)))]
     out: list[tuple[int, dict | None]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -131,15 +129,26 @@ def _records(uri: str) -> list[tuple[int, dict | None]]:
     return out
 
 
+class _HeldOutSource:
+    """The data stage's source fields its QA readers need."""
+
+    name = "qaUri"
+    group = "domain"
+    format = "auto"
+    encoding = "auto"
+
+
 def _qa_from_uri(uri: str, skipped: Counter) -> list[QAItem]:
+    """Held-out QA through the data stage's own readers (JSONL, JSON arrays, CSV; any text
+    encoding; the same question/answer field names as training data); a directory works too."""
     items = []
-    for line, record in _records(uri):
-        question = str((record or {}).get("question") or "").strip()
-        answer = str((record or {}).get("answer") or "").strip()
-        if not question or not answer:
-            skipped[f"{uri}: record without question and answer"] += 1
-            continue
-        items.append(QAItem(str(record.get("id") or f"line-{line}"), question, extract_answer(answer), record.get("evidence")))
+    for info in storage.list_objects(uri):
+        for unit in iter_object(info, _HeldOutSource):
+            if isinstance(unit, QARecord):
+                items.append(QAItem(unit.id.rsplit("#", 1)[-1], unit.question, extract_answer(unit.answer), unit.evidence or None))
+            else:
+                detail = unit.reason if isinstance(unit, Dropped) else "not a question-answer record"
+                skipped[f"{uri}: {detail}"] += 1
     return items
 
 
