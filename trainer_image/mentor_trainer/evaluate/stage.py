@@ -8,12 +8,11 @@ import gc
 import json
 import logging
 import math
-import time
 from typing import Any
 
 from .. import storage
 from ..errors import StageError
-from ..progress import ProgressReporter
+from ..progress import ProgressReporter, utc_now
 from ..tracking import Tracker
 from .examples import EvalData, load_eval_data
 from .stats import Comparison, evaluate_gates, gate_text, paired_bootstrap, paired_bootstrap_ratio
@@ -52,6 +51,7 @@ class Evaluation:
         suite_errors |= {s: f"baseline: {r.error}" for s, r in baseline.items() if r.error and s not in suite_errors}
         failed = evaluate_gates(config.gates, metrics, baseline_metrics, comparisons, suite_errors)
         not_finite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        comparison = comparison_status(metrics, baseline_metrics, comparisons)
 
         self.progress.update(force=True, phase="publishing")
         report_uri = storage.parse(config.output_uri).join("report.html")
@@ -64,13 +64,14 @@ class Evaluation:
             "gates": [gate_text(g) for g in config.gates],
             "metrics": metrics,
             "baselineMetrics": baseline_metrics,
-            "comparison": {k: c.to_status() | {"n": c.n} for k, c in comparisons.items()},
+            "comparison": comparison,
+            "pairedExamples": {k: c.n for k, c in comparisons.items()},
             "suiteErrors": suite_errors,
             "notFinite": not_finite,
             "skippedRecords": dict(data.skipped),
             "suites": {s: _json_safe(r.extra) for s, r in candidate.items()},
             "baselineSuites": {s: _json_safe(r.extra) for s, r in baseline.items()},
-            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "createdAt": utc_now(),
         }
         html = self._report(document, candidate, baseline)
         with storage.publish(config.output_uri, {"passed": not failed}) as staging:
@@ -82,7 +83,7 @@ class Evaluation:
             "passed": not failed,
             "failedGates": failed,
             "metrics": {k: round(v, 6) for k, v in metrics.items() if math.isfinite(v)},
-            "comparison": comparison_status(metrics, baseline_metrics, comparisons),
+            "comparison": dict(comparison),  # trimmed below to fit the termination message
             "summary": summary(config.gates, metrics, comparisons),
             "reportUri": str(report_uri),
         }

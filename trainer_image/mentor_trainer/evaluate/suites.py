@@ -96,6 +96,21 @@ class Shared:
     retriever_error: str = "the dataset has no retrieval index (spec.index of the DomainDataset)"
     bert: Any = None
     judge: Any = None
+    _retrieved: tuple | None = field(default=None, repr=False)
+
+    def retrieved(self, items: list[QAItem], k: int) -> tuple[list[list[dict]], dict[str, float]]:
+        """Top-k chunks per question and recall@k of the chunk holding the evidence (or the
+        answer); model-independent, so searched once for candidate and baseline."""
+        if self._retrieved is None:
+            chunks = [_squash(c["text"]) for c in self.retriever.chunks]
+            hits = [self.retriever.search(i.question, k=k) for i in items]
+            recall: dict[str, float] = {}
+            for item, found in zip(items, hits):
+                needle = _squash(item.evidence or item.reference)
+                if any(needle in text for text in chunks):  # items without a gold chunk are not scored
+                    recall[item.id] = float(any(needle in _squash(c["text"]) for c in found))
+            self._retrieved = (hits, recall)
+        return self._retrieved
 
 
 # ---------------------------------------------------------------------- suites
@@ -241,17 +256,10 @@ def safety_suite(run: SuiteRunner) -> SuiteResult:
 def retrieval_suite(run: SuiteRunner) -> SuiteResult:
     """recall@k of the chunk holding the evidence (or the answer), and QA F1 with the top-k
     chunks as context minus F1 without."""
-    retriever = run.shared.retriever
-    if retriever is None:
+    if run.shared.retriever is None:
         raise StageError(run.shared.retriever_error)
     items = run.require_qa()
-    k = run.config.retrieval_top_k
-    hits = [retriever.search(i.question, k=k) for i in items]
-    recall: dict[str, float] = {}
-    for item, found in zip(items, hits):
-        needle = _squash(item.evidence or item.reference)
-        if any(needle in _squash(c["text"]) for c in retriever.chunks):  # items without a gold chunk are not scored
-            recall[item.id] = float(any(needle in _squash(c["text"]) for c in found))
+    hits, recall = run.shared.retrieved(items, run.config.retrieval_top_k)
     rag_prompts = [i.prompt("\n\n".join(c["text"] for c in found)) for i, found in zip(items, hits)]
     with_context = [extract_answer(a) for a in run.answers("rag", rag_prompts)]
     without = [extract_answer(a) for a in run.qa_answers()]
