@@ -130,23 +130,26 @@ class LocalExecutor:
         )
         assert process.stdout is not None
         shown: dict[str, Any] = {}
+        next_check = 0.0
         for line in process.stdout:
             self.out.write(f"    [{doc.name}] {line}")
-            shown = self._show_progress(doc.name, progress, shown)
+            if time.monotonic() >= next_check:  # stages rewrite the file at most once a second
+                next_check = time.monotonic() + 1.0
+                shown = self._show_progress(doc.name, progress, shown)
             self.out.flush()
         code = process.wait()
-        self.bodies[(doc.kind, doc.name)]["status"]["progress"] = read_progress(progress)
+        self.bodies[(doc.kind, doc.name)]["status"]["progress"] = self._show_progress(doc.name, progress, shown)
         message = termination.read_text() if termination.exists() else ""
         if code != 0:
             return False, message or f"mentor-trainer {stage} exited with code {code}"
         return True, message
 
     def _show_progress(self, name: str, path: Path, shown: dict[str, Any]) -> dict[str, Any]:
-        """One line whenever the stage's step or phase moved (what `kubectl get` would show)."""
-        current = read_progress(path)
-        if current.get("step") == shown.get("step") and current.get("phase") == shown.get("phase"):
-            return shown
-        if current.get("totalSteps"):
+        """One line whenever the stage's step or phase moved (what `kubectl get` would show);
+        returns the latest progress."""
+        current = read_progress(path) or shown
+        moved = current.get("step") != shown.get("step") or current.get("phase") != shown.get("phase")
+        if moved and current.get("totalSteps"):
             parts = [f"step {current.get('step')}/{current['totalSteps']}"]
             parts += [f"{label} {current[key]}" for key, label in (("loss", "loss"), ("evalLoss", "eval loss"), ("etaSeconds", "eta s")) if current.get(key) is not None]
             self.out.write(f"    [{name}] progress: {', '.join(parts)}\n")
