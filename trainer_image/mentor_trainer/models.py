@@ -1,10 +1,14 @@
 """Base models: loading from URIs, and the tiny Qwen2 model the tests and the quickstart train.
 
-- :func:`load_model_and_tokenizer` resolves ``file://``, ``pvc://``, ``s3://`` (downloaded to a
-  local cache through :mod:`mentor_trainer.storage`), ``mlflow://models/<name>/<version>`` (the
-  MLflow model registry) and ``hf://org/name`` (the Hugging Face hub, where reachable), then
-  loads with the real transformers code (safetensors, sharded checkpoints, remote code off by
-  default). Anything that goes wrong is a :class:`StageError` that says what to change.
+- :func:`resolve_model` is the one resolver every stage uses for model and tokenizer URIs:
+  ``file://``, ``pvc://``, ``s3://`` (downloaded to a local cache through
+  :mod:`mentor_trainer.storage`), ``mlflow://models/<name>/<version>`` (the MLflow model
+  registry) and ``hf://org/name`` (the Hugging Face hub, where reachable). A URI naming a
+  ``.gguf`` file (any scheme) resolves to its converted transformers directory
+  (:mod:`mentor_trainer.gguf`, cached by the file's content hash).
+- :func:`load_model_and_tokenizer` and :func:`load_tokenizer` load what it found with the real
+  transformers code (safetensors, sharded checkpoints, remote code off by default). Anything
+  that goes wrong is a :class:`StageError` that says what to change.
 - :func:`build_tiny_model` writes a tiny Qwen2-architecture model with a locally trained
   byte-level BPE tokenizer carrying a DeepSeek-R1-Distill style chat template, so everything
   trains on a CPU in seconds with nothing downloaded.
@@ -250,19 +254,51 @@ class LoadedModel:
     uri: str
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model URI's checkpoint is, as :func:`resolve_model` found it."""
+
+    uri: str
+    path: Path | None  # the local file or directory the URI names (after download or GGUF conversion); None for hf://
+    hub_id: str | None = None  # hf:// only: the hub repository
+
+    @property
+    def location(self) -> str:
+        """What from_pretrained-style loaders take: a local directory, or a hub id."""
+        if self.hub_id is not None:
+            return self.hub_id
+        return str(self.path if self.path.is_dir() else self.path.parent)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("MENTOR_MODEL_CACHE") or Path.home() / ".cache" / "mentor" / "models")
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".ckpt", ".h5", ".msgpack")
+
+
+def _is_weights(name: str) -> bool:
+    """Model weights (not needed to tokenize); files with "token" in the name never are."""
+    lower = name.lower().rsplit("/", 1)[-1]
+    return lower.endswith(_WEIGHT_SUFFIXES) and "token" not in lower
+
+
 def _cached_download(uri: str, purpose: str = "base model") -> Path:
-    """Download a storage prefix once into the model cache (keyed by the URI, completed
-    downloads marked), so a restarted pod does not fetch it again."""
-    key = hashlib.sha256(uri.encode()).hexdigest()[:24]
+    """Download a storage prefix (or one object) once into the model cache (keyed by the URI,
+    and for a single .gguf object also by its ETag and size; completed downloads marked), so a
+    restarted pod does not fetch it again."""
+    identity = uri
+    infos = None
+    if uri.lower().endswith(".gguf"):
+        infos = list(storage.list_objects(uri))
+        identity += "".join(f"\0{info.etag}\0{info.size}" for info in infos)
+    key = hashlib.sha256(identity.encode()).hexdigest()[:24]
     target = cache_root() / key
     done = target / ".mentor-complete"
     if done.exists():
         return target
-    infos = list(storage.list_objects(uri))
+    if infos is None:
+        infos = list(storage.list_objects(uri))
     if not infos:
         raise StageError(f"{purpose} {uri} is empty or missing: write a saved model there (config.json, *.safetensors, tokenizer) or fix the URI")
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
@@ -276,40 +312,79 @@ def _cached_download(uri: str, purpose: str = "base model") -> Path:
     return target
 
 
-def resolve_model_dir(uri: str, purpose: str = "base model") -> Path:
-    """A local directory holding the checkpoint named by ``uri`` (hf:// is not handled here).
-    ``purpose`` names the model in error messages (e.g. ``index.embeddingModel``)."""
+def _tokenizer_download(uri: str, purpose: str, workdir: str | os.PathLike | None) -> Path:
+    """The tokenizer files under an object-storage prefix (weights skipped), in a fresh
+    directory under ``workdir``; a prefix holding only a GGUF goes through the model cache."""
+    import tempfile
+
+    infos = list(storage.list_objects(uri))
+    names = {info.name for info in infos}
+    if "config.json" not in names and any(name.lower().endswith(".gguf") for name in names):
+        return _cached_download(uri, purpose)  # the tokenizer is inside the GGUF
+    target = Path(tempfile.mkdtemp(prefix="mentor-tokenizer-", dir=workdir))
+    for info in infos:
+        if _is_weights(info.name):
+            continue
+        relative = Path(info.name)
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        (target / relative).write_bytes(storage.read_bytes(info.uri))
+    if not any(target.iterdir()):
+        raise StageError(f"{purpose} {uri} holds no files: write a saved model or tokenizer there or fix the URI")
+    return target
+
+
+def _local_model(path: Path, uri: str, purpose: str) -> ResolvedModel:
+    """A local checkpoint; a GGUF file (or a directory holding just one) is converted first."""
+    from . import gguf
+
+    source = gguf.find_gguf(path)
+    if source is not None:
+        path = gguf.convert_gguf(source, label=f"{purpose} {uri}")
+    return ResolvedModel(uri, path)
+
+
+def resolve_model(
+    uri: str,
+    purpose: str = "base model",
+    *,
+    tokenizer_only: bool = False,
+    workdir: str | os.PathLike | None = None,
+) -> ResolvedModel:
+    """THE model resolver every stage uses (base models, tokenizers, embedding and scoring
+    models): ``file://`` and ``pvc://`` paths, ``s3://`` prefixes (downloaded once to the model
+    cache), ``mlflow://models/<name>/<version-or-alias>`` (the MLflow registry) and
+    ``hf://org/name`` (a hub id, left to transformers). A URI naming a ``.gguf`` file, or a
+    prefix holding one and no config.json, resolves to its converted directory
+    (:mod:`mentor_trainer.gguf`, cached by the file's content hash).
+
+    ``purpose`` names the model in error messages (e.g. ``index.embeddingModel``).
+    ``tokenizer_only``: only the tokenizer is needed, so an s3:// prefix is fetched without its
+    weights into a fresh directory under ``workdir`` instead of the shared cache."""
     scheme = uri.partition("://")[0]
+    if scheme == "hf":
+        repo = uri[len("hf://"):].strip("/")
+        if not repo:
+            raise StageError(f"{purpose} {uri!r} names no model: use hf://org/name")
+        return ResolvedModel(uri, None, hub_id=repo)
     if scheme in ("file", "pvc"):
         path = storage.local_path(uri)
         if not path.exists():
             raise StageError(f"{purpose} {uri} does not exist ({path}): build one (mentor-trainer tiny-model --out DIR) or fix the URI")
-        return path
+        return _local_model(path, uri, purpose)
     if scheme == "s3":
-        return _cached_download(uri, purpose)
+        path = _tokenizer_download(uri, purpose, workdir) if tokenizer_only else _cached_download(uri, purpose)
+        return _local_model(path, uri, purpose)
     if scheme == "mlflow":
-        return _mlflow_model_dir(uri)
+        return _mlflow_model(uri, purpose, tokenizer_only, workdir)
     raise StageError(f"unsupported model URI {uri!r}: use s3://, pvc://, file://, mlflow://models/<name>/<version> or hf://org/name")
 
 
 def model_location(uri: str, purpose: str) -> str:
-    """What from_pretrained-style loaders take: a local directory, or a hub id for hf://."""
-    if uri.startswith("hf://"):
-        return uri[len("hf://") :]
-    path = resolve_model_dir(uri, purpose)
-    return str(path if path.is_dir() else path.parent)
+    """What from_pretrained-style loaders take for ``uri``: a local directory, or a hub id."""
+    return resolve_model(uri, purpose).location
 
 
-def torch_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:  # noqa: BLE001 - no usable torch means CPU
-        return "cpu"
-
-
-def _mlflow_model_dir(uri: str) -> Path:
+def _mlflow_model(uri: str, purpose: str, tokenizer_only: bool, workdir) -> ResolvedModel:
     rest = uri[len("mlflow://"):].strip("/")
     parts = rest.split("/")
     if len(parts) != 3 or parts[0] != "models":
@@ -328,18 +403,51 @@ def _mlflow_model_dir(uri: str) -> Path:
         raise StageError(f"model {uri} is not in the MLflow registry ({error.error_code}): check the name and version") from None
     source = mv.source
     if source.partition("://")[0] in ("file", "pvc", "s3"):
-        return resolve_model_dir(source)
+        resolved = resolve_model(source, f"{purpose} {uri} (registered source)", tokenizer_only=tokenizer_only, workdir=workdir)
+        return ResolvedModel(uri, resolved.path)
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
     except MlflowException as error:
         raise StageError(f"cannot download {uri} from MLflow: {error.message}") from None
+    return _local_model(path, uri, purpose)
+
+
+def _dir_fingerprint(path: Path) -> str:
+    """A hash of what tokenization depends on in a checkpoint directory (all files but weights)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        if _is_weights(relative):
+            continue  # model weights do not change tokenization
+        digest.update(relative.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(resolved: ResolvedModel) -> str:
+    """A short content hash of a resolved model's tokenizer (hf://: the hub id), for content
+    hashes that must change when the tokenizer does."""
+    if resolved.hub_id is not None:
+        return f"hf:{resolved.hub_id}"
+    return _dir_fingerprint(Path(resolved.location))
+
+
+def torch_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001 - no usable torch means CPU
+        return "cpu"
 
 
 def _check_checkpoint(path: Path, uri: str, purpose: str = "base model") -> None:
     if path.is_file():
-        raise StageError(f"{purpose} {uri} is a file; point it at the directory holding config.json")
+        raise StageError(f"{purpose} {uri} is a file; point it at the directory holding config.json (or at a .gguf file)")
     if not (path / "config.json").is_file():
         raise StageError(f"{purpose} {uri} has no config.json ({path}): it is not a saved transformers model")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))
@@ -347,13 +455,30 @@ def _check_checkpoint(path: Path, uri: str, purpose: str = "base model") -> None
         raise StageError(f"{purpose} {uri} has no weights (*.safetensors) next to config.json")
 
 
-def load_tokenizer(source: str | Path, uri: str, trust_remote_code: bool = False):
+def _hub_error(uri: str, error: Exception) -> StageError:
+    return StageError(
+        f"cannot load {uri} from the Hugging Face hub (unreachable or unknown model: {type(error).__name__}); "
+        "copy the model to object storage and use an s3://, pvc:// or file:// URI (a .gguf file works too)"
+    )
+
+
+def load_tokenizer(model: ResolvedModel | str, purpose: str = "tokenizer", *, trust_remote_code: bool = False, workdir=None):
+    """The transformers tokenizer of a model URI (or of what :func:`resolve_model` returned)."""
+    import transformers
     from transformers import AutoTokenizer
 
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, purpose, tokenizer_only=True, workdir=workdir)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, trust_remote_code=trust_remote_code)
     except Exception as error:  # noqa: BLE001 - any failure here means an unusable checkpoint
-        raise StageError(f"cannot load the tokenizer of {uri}: {type(error).__name__}: {str(error)[:300]}") from None
+        if resolved.hub_id is not None:
+            raise _hub_error(resolved.uri, error) from None
+        raise StageError(f"cannot load the tokenizer of {purpose} {resolved.uri}: {type(error).__name__}: {str(error)[:300]}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return tokenizer
 
 
 def load_model_and_tokenizer(
@@ -380,44 +505,30 @@ def load_model_and_tokenizer(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
 
-    if uri.startswith("hf://"):
-        name = uri[len("hf://"):].strip("/")
-        try:
-            tokenizer = _hub_tokenizer(name, trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs) if load_model else None
-        except StageError:
-            raise
-        except Exception as error:  # noqa: BLE001
-            raise StageError(
-                f"cannot load {uri} from the Hugging Face hub (unreachable or unknown model: {type(error).__name__}); "
-                "copy the model to object storage and use an s3://, pvc:// or file:// baseModel"
-            ) from None
-        return LoadedModel(model, tokenizer, Path(name), uri)
-
-    path = resolve_model_dir(uri, purpose)
-    _check_checkpoint(path, uri, purpose)
-    tokenizer = load_tokenizer(path, uri, trust_remote_code)
+    resolved = resolve_model(uri, purpose)
+    if resolved.hub_id is None:
+        _check_checkpoint(resolved.path, uri, purpose)
+    tokenizer = load_tokenizer(resolved, purpose, trust_remote_code=trust_remote_code)
     model = None
     if load_model:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
         except ValueError as error:
             if "trust_remote_code" in str(error):
                 raise StageError(
                     f"{purpose} {uri} needs its own code (trust_remote_code); set trustRemoteCode: true only if you trust it"
                 ) from None
+            if resolved.hub_id is not None:
+                raise _hub_error(uri, error) from None
             raise StageError(f"cannot load {purpose} {uri}: {str(error)[:300]}") from None
         except Exception as error:  # noqa: BLE001 - OSError, SafetensorError, RuntimeError (shapes) ...
+            if resolved.hub_id is not None:
+                raise _hub_error(uri, error) from None
             raise StageError(
                 f"cannot load {purpose} {uri} (unreadable or corrupt weights, {type(error).__name__}): {str(error)[:300]}"
             ) from None
-    return LoadedModel(model, tokenizer, path, uri)
-
-
-def _hub_tokenizer(name: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    local_dir = Path(resolved.hub_id) if resolved.hub_id is not None else resolved.path
+    return LoadedModel(model, tokenizer, local_dir, uri)
 
 
 def model_summary(model) -> dict:

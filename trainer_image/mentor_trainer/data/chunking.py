@@ -1,8 +1,9 @@
 """Chunking by tokens, with overlap, preferring paragraph and heading boundaries.
 
 The tokenizer is the base model's (``spec.tokenizer``, loaded with transformers'
-``AutoTokenizer`` from a file://, pvc://, s3:// or hf:// URI) or, without one, a fallback that
-counts each CJK character, each word, each digit run and each symbol as one token.
+``AutoTokenizer`` from any model URI the other stages take, .gguf files included) or, without
+one, a fallback that counts each CJK character, each word, each digit run and each symbol as
+one token.
 
 A document is cut into units: headings, then sentences (CJK and Latin sentence ends) inside
 paragraphs; a unit longer than ``max_tokens`` is cut at token boundaries. Units are packed
@@ -17,15 +18,10 @@ the document and its index.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from .. import storage
-from ..errors import StageError
 from .filters import CJK_RANGES
 
 log = logging.getLogger(__name__)
@@ -79,61 +75,21 @@ class HFTokenizer:
         return [(int(i * step), int((i + 1) * step)) for i in range(n)]
 
 
-def _dir_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        if file.suffix in (".safetensors", ".bin", ".pt", ".gguf") and "token" not in file.name:
-            continue  # model weights do not change tokenization
-        digest.update(file.relative_to(path).as_posix().encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def resolve_model_dir(uri: str, workdir: str | None = None) -> tuple[str, str]:
-    """A local directory (or hub id) for a model URI, and a fingerprint of what it holds."""
-    scheme = uri.partition("://")[0]
-    if scheme in ("file", "pvc"):
-        path = storage.local_path(uri)
-        if not path.exists():
-            raise StageError(f"tokenizer {uri} does not exist ({path})")
-        directory = path if path.is_dir() else path.parent
-        return str(directory), _dir_fingerprint(directory)
-    if scheme == "s3":
-        target = Path(tempfile.mkdtemp(prefix="mentor-tokenizer-", dir=workdir))
-        for info in storage.list_objects(uri):
-            lower = info.name.lower()
-            if lower.endswith((".safetensors", ".bin", ".pt", ".gguf", ".onnx")) and "token" not in lower:
-                continue  # weights are not needed to tokenize
-            relative = Path(info.name)
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            (target / relative).write_bytes(storage.read_bytes(info.uri))
-        if not any(target.iterdir()):
-            raise StageError(f"tokenizer {uri} holds no files")
-        return str(target), _dir_fingerprint(target)
-    if scheme == "hf":
-        repo = uri[len("hf://"):]
-        return repo, f"hf:{repo}"
-    raise StageError(f"tokenizer {uri}: the data stage reads tokenizers from file://, pvc://, s3:// or hf:// URIs")
-
-
-def load_tokenizer(uri: str | None, workdir: str | None = None, resolved: tuple[str, str] | None = None):
+def load_tokenizer(uri: str | None, workdir: str | None = None, resolved=None):
     """The tokenizer for chunking and token statistics (fallback without a URI).
 
-    ``resolved`` is what :func:`resolve_model_dir` returned for ``uri``, when already known."""
+    The URI goes through the model resolver every stage uses
+    (:func:`mentor_trainer.models.resolve_model`: file://, pvc://, s3:// without the weights,
+    mlflow://, hf://, .gguf files); ``resolved`` is what it returned for ``uri``, when already
+    known. The fingerprint (for the data stage's content hash) covers the tokenizer's files."""
     if not uri:
         return FallbackTokenizer()
-    location, fingerprint = resolved or resolve_model_dir(uri, workdir)
-    try:
-        import transformers
-        from transformers import AutoTokenizer
+    from ..models import load_tokenizer as load_model_tokenizer
+    from ..models import resolve_model, tokenizer_fingerprint
 
-        transformers.logging.set_verbosity_error()
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
-    except Exception as error:  # noqa: BLE001 - the message must name the URI
-        raise StageError(f"cannot load tokenizer from {uri}: {type(error).__name__}: {str(error)[:300]}") from None
-    return HFTokenizer(tokenizer, name=uri, fingerprint=fingerprint)
+    resolved = resolved or resolve_model(uri, "tokenizer", tokenizer_only=True, workdir=workdir)
+    tokenizer = load_model_tokenizer(resolved, "tokenizer")
+    return HFTokenizer(tokenizer, name=uri, fingerprint=tokenizer_fingerprint(resolved))
 
 
 # --------------------------------------------------------------------------------------

@@ -34,9 +34,11 @@ from typing import Iterator
 
 from .. import storage
 from ..errors import StageError
+from ..models import resolve_model
+from ..models import tokenizer_fingerprint as model_tokenizer_fingerprint
 from ..progress import ProgressReporter
 from . import clean, ingest
-from .chunking import FallbackTokenizer, chunk_text, load_tokenizer, resolve_model_dir
+from .chunking import FallbackTokenizer, chunk_text, load_tokenizer
 from .dedup import NearDuplicateIndex, exact_key
 from .examples import FORMATS, SCHEMAS, SPLITS, assign_splits, comparison_text, cot_answer, difficulty
 from .filters import RelevanceScorer, detect_language, quality_reason
@@ -210,9 +212,10 @@ class DataStage:
             self.work = Path(work)
             start = time.monotonic()
             self.progress.update(force=True, phase="fingerprint")
-            tokenizer_location = tokenizer_fingerprint = None
+            tokenizer_model = tokenizer_fingerprint = None
             if config.tokenizer:
-                tokenizer_location, tokenizer_fingerprint = resolve_model_dir(config.tokenizer, work)
+                tokenizer_model = resolve_model(config.tokenizer, "tokenizer", tokenizer_only=True, workdir=work)
+                tokenizer_fingerprint = model_tokenizer_fingerprint(tokenizer_model)
             else:
                 tokenizer_fingerprint = FallbackTokenizer.fingerprint
             self.inputs = fingerprint_inputs(config, self.work / "inputs.jsonl")
@@ -226,7 +229,7 @@ class DataStage:
                 return marker["result"]
 
             if config.tokenizer:
-                self.tokenizer = load_tokenizer(config.tokenizer, work, (tokenizer_location, tokenizer_fingerprint))
+                self.tokenizer = load_tokenizer(config.tokenizer, work, tokenizer_model)
             else:
                 self.tokenizer = FallbackTokenizer()
             if config.difficulty.method == "perplexity":
