@@ -145,6 +145,7 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=None, help="perplexity texts (default: 1024 on GPU, 256 on CPU)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=None, help="ours (default: 32 on GPU, 8 on CPU)")
+    p.add_argument("--json", default=None, help="write the figures to this file")
     a = p.parse_args()
     a.qa = a.qa or (256 if cuda else 64)
     a.texts = a.texts or (1024 if cuda else 256)
@@ -174,6 +175,17 @@ def main() -> None:
         rows.append(("perplexity", len(docs), t_ours, t_peer, f"{close}/{len(docs)} within 1e-3 ({tokens} tokens)"))
 
     device = torch.cuda.get_device_name(0) if lm.device.type == "cuda" else "cpu"
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "hardware": hardware(), "torch": torch.__version__, "model": name, "dtype": str(dtype),
+            "device": device, "torch_threads": torch.get_num_threads(), "batch_size": a.batch_size,
+            "max_new_tokens": a.max_new_tokens, "date": time.strftime("%Y-%m-%d"),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if lm.device.type == "cuda" else None,
+            "suites": {suite: {"examples": n, "ours_seconds": round(t_ours, 3), "plain_seconds": round(t_peer, 3),
+                               "ours_per_second": round(n / t_ours, 2), "plain_per_second": round(n / t_peer, 2),
+                               "ratio": round(t_peer / t_ours, 2), "agree": agree}
+                       for suite, n, t_ours, t_peer, agree in rows},
+        }, indent=2))
     print()
     print(f"{'suite':<11} {'examples':>8} {'ours ex/s':>10} {'plain ex/s':>11} {'ratio':>7}  {'device':<10} {'threads':>7}  agree")
     for suite, n, t_ours, t_peer, agree in rows:

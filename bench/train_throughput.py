@@ -31,6 +31,12 @@ the peer's count is the attention-mask sum), so tokens/s counts real tokens only
 Each (side, method) runs in its own subprocess, one after the other, so the peak memory is its
 own: ``torch.cuda.max_memory_allocated`` on GPU, the process's peak RSS (``ru_maxrss``,
 model load included) on CPU.
+
+Also reported, both sides: "steady" tokens/s, from the end of step ``--steady-from`` (default:
+a third of the steps, at least 1) to the end of the last step, timed by a TrainerCallback
+(the GPU synchronised at both ends), i.e. without the first steps' warm-up.
+``--json PATH`` writes the figures (updated after each worker); ``--verbose`` passes the
+workers' stderr through (the GPU script uses it so that a failure is visible in its log).
 """
 
 from __future__ import annotations
@@ -86,6 +92,9 @@ def build_model(shape: str, root: Path) -> Path:
     out = root / "qwen2-1.5b-random"
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the workers, not this driver, should hold the GPU
     return out
 
 
@@ -136,12 +145,59 @@ def _peak_memory(cuda: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
 
 
+def steady_timer(steady_from: int):
+    """A TrainerCallback recording (time, tokens seen) at the end of step ``steady_from`` and
+    of the last step; the GPU is synchronised there so that queued work is counted."""
+    from transformers import TrainerCallback
+
+    class SteadyTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: dict[str, tuple[float, int, int]] = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (steady_from, state.max_steps):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                mark = (time.perf_counter(), int(getattr(state, "num_input_tokens_seen", 0) or 0), state.global_step)
+                self.marks["first" if state.global_step == steady_from else "last"] = mark
+
+        def result(self) -> dict:
+            if "first" not in self.marks or "last" not in self.marks:
+                return {"steady_tokens_per_second": None}
+            (t0, n0, s0), (t1, n1, s1) = self.marks["first"], self.marks["last"]
+            if t1 <= t0:
+                return {"steady_tokens_per_second": None}
+            return {
+                "steady_tokens_per_second": round((n1 - n0) / (t1 - t0), 1),
+                "steady_steps": s1 - s0,
+                "steady_seconds": round(t1 - t0, 3),
+            }
+
+    return SteadyTimer()
+
+
+def _skip_cel_without_celpy() -> None:
+    """Where cel-python is not installed (the GPU machine gets only the packages the training
+    path needs), the configs' CEL cross-field rules are not evaluated: the benchmark's config
+    is fixed and valid (the CPU run checks it with the rules). Nested defaults are validated
+    without the caller's context, so the rule evaluator itself is replaced."""
+    import importlib.util
+
+    if importlib.util.find_spec("celpy") is None:
+        from mentor_trainer.config import common
+
+        common.evaluate_cel = lambda rule, value: True
+
+
 def worker_ours(a) -> dict:
     import torch
 
     from mentor_trainer.config.sft import SftStageConfig
     from mentor_trainer.train import sft
 
+    _skip_cel_without_celpy()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -168,7 +224,8 @@ def worker_ours(a) -> dict:
             "progressFile": str(out / "progress.json"),
         }
     )
-    result = sft.main(config)
+    timer = steady_timer(a.steady_from)
+    result = sft.run(config, callbacks=(timer,))  # sft.main(config), plus the timing callback
     m = result["metrics"]
     tokens, tps = m.get("tokens", 0.0), m.get("tokens_per_second", 0.0)
     return {
@@ -178,6 +235,7 @@ def worker_ours(a) -> dict:
         "steps": m.get("steps"),
         "peak_gib": _peak_memory(cuda),
         "lora_targets": list(config.lora.target_modules) if config.lora else None,
+        **timer.result(),
     }
 
 
@@ -219,7 +277,10 @@ def worker_peer(a) -> dict:
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=peft_config)
+    timer = steady_timer(a.steady_from)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=peft_config, callbacks=[timer]
+    )
     output = trainer.train()
     tokens = float(trainer.state.num_input_tokens_seen or 0)
     seconds = float(output.metrics["train_runtime"])
@@ -229,6 +290,7 @@ def worker_peer(a) -> dict:
         "tokens_per_second": round(tokens / seconds, 1),
         "steps": float(trainer.state.global_step),
         "peak_gib": _peak_memory(cuda),
+        **timer.result(),
     }
 
 
@@ -273,11 +335,28 @@ def run_worker(side: str, method: str, a, model: Path, dataset: Path, root: Path
         "--seq-len", str(a.seq_len), "--batch", str(a.batch), "--_model", str(model),
         "--_dataset", str(dataset), "--_root", str(root), *extra,
     ]
+    if a.steady_from:
+        cmd += ["--steady-from", str(a.steady_from)]
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {side}/{method} ...", flush=True)
+    try:
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=None if a.verbose else subprocess.PIPE, text=True,
+            timeout=a.worker_timeout,
+        )
+    except subprocess.TimeoutExpired:
+        message = f"{side}/{method} ran past --worker-timeout {a.worker_timeout}s"
+        if not a.keep_going:
+            raise SystemExit(message) from None
+        print(message, file=sys.stderr, flush=True)
+        return {"error": message}
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        raise SystemExit(f"{side}/{method} failed (exit {proc.returncode})")
+        sys.stderr.write(proc.stdout[-3000:] + (proc.stderr or "")[-6000:])
+        message = f"{side}/{method} failed (exit {proc.returncode})"
+        if not a.keep_going:
+            raise SystemExit(message)
+        print(message, file=sys.stderr, flush=True)
+        return {"error": message}
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     result["wall"] = time.time() - started
@@ -295,6 +374,11 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=None, help="default: 2048 (1.5b), 512 (tiny)")
     p.add_argument("--batch", type=int, default=None, help="default: 4 (1.5b), 4 (tiny)")
     p.add_argument("--keep", default=None, help="work directory to keep (default: a temp dir, removed)")
+    p.add_argument("--steady-from", type=int, default=None, help="steady tokens/s from the end of this step (default: steps // 3, at least 1)")
+    p.add_argument("--json", default=None, help="write the figures to this file (after each worker)")
+    p.add_argument("--verbose", action="store_true", help="pass the workers' stderr through")
+    p.add_argument("--worker-timeout", type=float, default=None, help="seconds each worker may run")
+    p.add_argument("--keep-going", action="store_true", help="record a failed worker and go on with the next")
     p.add_argument("--_worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
     p.add_argument("--_dataset", help=argparse.SUPPRESS)
@@ -303,6 +387,7 @@ def main() -> None:
     a = p.parse_args()
     a.seq_len = a.seq_len or (2048 if a.shape == "1.5b" else 512)
     a.batch = a.batch or 4
+    a.steady_from = a.steady_from or max(1, a.steps // 3)
 
     if a._worker:
         a.model, a.dataset, a.root = a._model, a._dataset, a._root
@@ -328,25 +413,62 @@ def main() -> None:
         f"seq len {a.seq_len}, precision {'bf16' if cuda else 'fp32'}; setup {setup:.0f}s"
     )
     methods = ["full", "lora"] if a.method == "both" else [a.method]
+    report = {
+        "hardware": hardware(), "torch": torch.__version__, "shape": a.shape, "matmul_parameters": params,
+        "flops_per_token": fpt, "peak_flops": PEAK_BF16, "steps": a.steps, "steady_from": a.steady_from,
+        "batch": a.batch, "seq_len": a.seq_len, "precision": "bf16" if cuda else "fp32",
+        "date": time.strftime("%Y-%m-%d"), "results": {},
+    }
+
+    def save() -> None:
+        if a.json:
+            Path(a.json).write_text(json.dumps(report, indent=2))
+
+    def mfu(tps) -> float | None:
+        return round(100 * tps * fpt / PEAK_BF16, 2) if (cuda and tps) else None
+
     rows = []
     for method in methods:
         ours = run_worker("ours", method, a, model, dataset, root)
-        extra = ["--_lora-targets", json.dumps(ours["lora_targets"])] if method == "lora" else []
+        report["results"][method] = {"ours": ours}
+        save()
+        targets = ours.get("lora_targets") or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        extra = ["--_lora-targets", json.dumps(targets)] if method == "lora" else []
         peer = run_worker("peer", method, a, model, dataset, root, extra)
+        report["results"][method]["peer"] = peer
+        for r in (ours, peer):
+            r["mfu_percent"], r["steady_mfu_percent"] = mfu(r.get("tokens_per_second")), mfu(r.get("steady_tokens_per_second"))
+        if ours.get("tokens_per_second") and peer.get("tokens_per_second"):
+            report["results"][method]["ratio"] = round(ours["tokens_per_second"] / peer["tokens_per_second"], 3)
+        if ours.get("steady_tokens_per_second") and peer.get("steady_tokens_per_second"):
+            report["results"][method]["steady_ratio"] = round(ours["steady_tokens_per_second"] / peer["steady_tokens_per_second"], 3)
+        save()
         rows.append((method, ours, peer))
 
     mem = "peak GPU mem GiB" if cuda else "peak RSS GiB"
     print()
-    print(f"{'method':<6} {'side':<5} {'steps':>5} {'tokens':>9} {'train s':>8} {'tokens/s/dev':>13} {mem:>17} {'MFU':>7}")
+    print(
+        f"{'method':<6} {'side':<5} {'steps':>5} {'tokens':>9} {'train s':>8} {'tokens/s/dev':>13} {'MFU':>7} "
+        f"{'steady tok/s':>13} {'steady MFU':>10} {mem:>17}"
+    )
+
+    def pct(value) -> str:
+        return f"{value:.1f}%" if value is not None else "n/a"
+
     for method, ours, peer in rows:
         for side, r in (("ours", ours), ("peer", peer)):
-            mfu = f"{100 * r['tokens_per_second'] * fpt / PEAK_BF16:.1f}%" if cuda else "n/a"
+            if "error" in r:
+                print(f"{method:<6} {side:<5} {r['error']}")
+                continue
+            steady = r.get("steady_tokens_per_second")
             print(
                 f"{method:<6} {side:<5} {int(r['steps'] or 0):>5} {int(r['tokens']):>9} {r['seconds'] or 0:>8.1f} "
-                f"{r['tokens_per_second']:>13.1f} {r['peak_gib']:>17.2f} {mfu:>7}"
+                f"{r['tokens_per_second']:>13.1f} {pct(r['mfu_percent']):>7} "
+                f"{(f'{steady:.1f}' if steady else 'n/a'):>13} {pct(r['steady_mfu_percent']):>10} {r['peak_gib']:>17.2f}"
             )
-        ratio = ours["tokens_per_second"] / peer["tokens_per_second"] if peer["tokens_per_second"] else float("nan")
-        print(f"{method:<6} ours/peer tokens/s: {ratio:.2f}x")
+        result = report["results"][method]
+        steady_ratio = f", steady {result['steady_ratio']:.2f}x" if result.get("steady_ratio") else ""
+        print(f"{method:<6} ours/peer tokens/s: {result.get('ratio', float('nan')):.2f}x{steady_ratio}")
     print()
     if cuda:
         print("targets (1 H100, 1.5B): full >= 45% MFU; lora >= 1.5x the peer's tokens/s")
