@@ -185,9 +185,7 @@ def convert_gguf(path: str | os.PathLike, *, label: str | None = None, sha256: s
             log.info("converting %s (%s, %.0f MB) to a transformers checkpoint in %s; once per file", path.name, architecture, path.stat().st_size / 1e6, target)
             _convert(path, tmp, label, architecture)
             seconds = time.monotonic() - start
-            (tmp / COMPLETE).write_text(
-                json.dumps({"source": path.name, "sha256": digest, "architecture": architecture, "seconds": round(seconds, 1)}, sort_keys=True)
-            )
+            (tmp / COMPLETE).write_text(json.dumps({"source": path.name, "sha256": digest, "architecture": architecture}, sort_keys=True))
             if target.exists():  # incomplete (no marker): a crash between rename and marker cannot happen, but be safe
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -202,7 +200,8 @@ def _convert(path: Path, out: Path, label: str, architecture: str) -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    directory, name = str(path.parent), path.name
+    # an absolute gguf_file: transformers tries it as a path before joining it to the directory
+    directory, name = str(path.parent.absolute()), str(path.absolute())
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
         # dequantize=True: plain dense weights even where a GGUF matmul kernel is installed

@@ -419,8 +419,8 @@ def _dir_fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         relative = file.relative_to(path).as_posix()
-        if _is_weights(relative):
-            continue  # model weights do not change tokenization
+        if _is_weights(relative) or file.name == ".mentor-complete":
+            continue  # model weights do not change tokenization; the cache's marker is bookkeeping
         digest.update(relative.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
