@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import random
 import sys
 from pathlib import Path
@@ -83,12 +84,35 @@ def _run(args: argparse.Namespace) -> int:
     results = LocalExecutor(Path(args.root)).run(ordered, on_step=report)
     print(f"\n{'KIND':<16} {'NAME':<28} {'PHASE':<10} {'SECONDS':>8}  OUTPUT")
     for step in results:
-        output = step.status.get("modelUri") or step.status.get("outputUri") or ""
+        # an Evaluation's status names the model it evaluated; its own output is the report
+        own = ("reportUri",) if step.kind == "Evaluation" else ("modelUri",)
+        output = next((step.status[k] for k in (*own, "outputUri") if step.status.get(k)), "")
         print(f"{step.kind:<16} {step.name:<28} {step.phase:<10} {step.seconds:>8.1f}  {output}")
     for step in results:
         if step.kind == "Evaluation" and step.status.get("metrics"):
             print(evaluation_table(step.name, step.status))
+            print(sample_answers(step.status, SAMPLE_ANSWERS))
     return 0 if all(step.phase == "Succeeded" for step in results) else 1
+
+
+SAMPLE_ANSWERS = 3
+
+
+def sample_answers(status: dict, count: int) -> str:
+    """The first held-out questions with the baseline's and the model's answers side by side
+    (from the evaluation's local metrics.json)."""
+    path = Path(str(status.get("outputUri", "")).removeprefix("file://"), "metrics.json")
+    if not path.is_file():
+        return ""
+    rows = json.loads(path.read_text()).get("answers") or []
+    lines = []
+    for row in rows[:count]:
+        lines += [f"\nQ: {row['question']}", f"  reference:       {row['reference']}"]
+        for key, label in (("baseline", "baseline"), ("candidate", "model"),
+                           ("baselineRag", "baseline + RAG"), ("candidateRag", "model + RAG")):
+            if key in row:
+                lines.append(f"  {label + ':':<16} {' '.join(row[key].split())[:200]}")
+    return "\n".join(lines)
 
 
 def evaluation_table(name: str, status: dict) -> str:

@@ -14,20 +14,79 @@ from mentor_operator.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, capsys):
+QUICKSTART = ROOT / "examples/quickstart"
+HELDOUT = [json.loads(line) for line in (ROOT / "examples/corpus/eval/heldout.jsonl").read_text().splitlines()]
+
+
+def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict]) -> Path:
+    """The quickstart's files with ``base_model`` in place of the converted SmolLM2, relative
+    file:// URIs made absolute, and ``overrides`` (kind -> spec fields) merged into the specs."""
+
+    def rewrite(value):
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if isinstance(value, str) and value.startswith("file://") and not value.startswith("file:///"):
+            path = (QUICKSTART / value.removeprefix("file://")).resolve()
+            return base_model.as_uri() + "/" if path == (ROOT / ".mentor/smollm2") else path.as_uri() + "/" * value.endswith("/")
+        return value
+
+    def merge(spec: dict, changes: dict) -> dict:
+        for key, value in changes.items():
+            spec[key] = merge(spec.get(key) or {}, value) if isinstance(value, dict) else value
+        return spec
+
+    target.mkdir(parents=True)
+    for path in QUICKSTART.glob("*.yaml"):
+        document = rewrite(yaml.safe_load(path.read_text()))
+        merge(document["spec"], overrides.get(document["kind"], {}))
+        (target / path.name).write_text(yaml.safe_dump(document))
+    return target
+
+
+def normalized(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def dataset_texts(output: Path) -> tuple[list[str], list[str]]:
+    """Every split of a dataset: (document texts, chat turns)."""
+    import pyarrow.parquet as pq
+
+    documents, turns = [], []
+    for path in output.glob("*/*.parquet"):
+        if path.parent.name == "index":
+            continue
+        for row in pq.read_table(path).to_pylist():
+            documents += [row["text"]] if row.get("text") else []
+            turns += [m["content"] for m in row.get("messages") or []]
+    return documents, turns
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, capsys, monkeypatch, threads):
+    """The quickstart pipeline on the tiny model (seconds, any thread count): every stage runs
+    for real; the effects asserted hold by a wide margin on any CPU."""
     from mentor_trainer.models import build_tiny_model
 
-    build_tiny_model(ROOT / ".mentor/tiny-model")  # what `make demo` does first
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)  # the stages are subprocesses
+    tiny = build_tiny_model(tmp_path / "tiny")
+    pipeline = quickstart_copy(tmp_path / "pipeline", tiny, {
+        # a random 0.3M-parameter model: adapters and a high learning rate, a few dozen steps
+        "FineTuneJob": {"method": "lora", "lora": {"r": 16, "alpha": 32},
+                        "hyperparameters": {"maxSteps": 30, "learningRate": 0.01, "maxSeqLength": 256}},
+        "Evaluation": {"generation": {"maxNewTokens": 16, "batchSize": 16}},
+    })
     root = tmp_path / "run"
-    assert main(["run", "-f", str(ROOT / "examples/quickstart"), "--root", str(root)]) == 0
+    assert main(["run", "-f", str(pipeline), "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "<== DomainDataset/quickstart-corpus: Succeeded" in out
     assert "<== FineTuneJob/quickstart-expert: Succeeded" in out
     ftj = json.loads((root / "status/finetunejob-quickstart-expert.json").read_text())["status"]
     metrics = ftj["metrics"]
-    assert metrics["eval_loss"] < metrics["base_eval_loss"], metrics
+    assert metrics["eval_loss"] < 0.9 * metrics["base_eval_loss"], metrics  # answers learnt: a wide margin
     assert Path(ftj["modelUri"].removeprefix("file://"), "config.json").is_file()
-    assert ftj["progress"]["phase"] == "done" and ftj["progress"]["step"] == ftj["progress"]["totalSteps"] > 0
+    assert ftj["progress"]["phase"] == "done" and ftj["progress"]["step"] == ftj["progress"]["totalSteps"] == 30
     assert f"[quickstart-expert] progress: step {ftj['progress']['totalSteps']}/" in out
     status = json.loads((root / "status/domaindataset-quickstart-corpus.json").read_text())["status"]
     output = Path(status["outputUri"].removeprefix("file://"))
@@ -36,27 +95,62 @@ def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, caps
     assert status["stats"]["documentsKept"] == manifest["stats"]["documentsKept"] > 0
     assert status["contentHash"] == manifest["contentHash"]
     config = json.loads((root / "configs/domaindataset-quickstart-corpus-data.json").read_text())
-    # relative file:// sources are resolved against the resource file's directory
     assert config["sources"][0]["uri"] == (ROOT / "examples/corpus/docs").as_uri() + "/"
     assert config["tracking"]["uri"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    # documentsInTrain: every document trains, only the QA pairs are split
+    splits = manifest["splits"]
+    assert splits["validation"]["pretrain"]["examples"] == splits["test"]["pretrain"]["examples"] == 0, splits
+    assert splits["train"]["pretrain"]["examples"] > 0 and splits["validation"]["sft"]["examples"] > 0, splits
 
-    # the evaluation: fine-tuned vs base model on held-out questions, same examples, paired
+    # the evaluation: fine-tuned vs base model on the held-out questions, closed book and with RAG
     assert "<== Evaluation/quickstart-eval: Succeeded" in out
     evaluation = json.loads((root / "status/evaluation-quickstart-eval.json").read_text())["status"]
-    assert evaluation["passed"] is True and evaluation["failedGates"] == []
-    assert [c["status"] for c in evaluation["conditions"] if c["type"] == "Passed"] == ["True"]
-    domain = evaluation["comparison"]["ppl.domain"]
-    assert domain["candidate"] <= 0.8 * domain["baseline"], domain  # the domain is learnt ...
-    assert domain["ciHigh"] < 0 and domain["pValue"] < 0.05, domain  # ... significantly
-    assert domain["ratio"] == pytest.approx(domain["candidate"] / domain["baseline"], rel=1e-3)
-    assert "ratio" in evaluation["comparison"]["ppl.general"]  # general language, reported beside it
+    for metric in ("qa.f1", "qa.exact_match", "qa.fact", "retrieval.rag_f1", "retrieval.rag_exact_match",
+                   "retrieval.rag_fact", "retrieval.recall_at_k"):
+        c = evaluation["comparison"][metric]
+        assert c["ciLow"] - 1e-6 <= c["delta"] <= c["ciHigh"] + 1e-6 and 0 < c["pValue"] <= 1, (metric, c)
+    assert evaluation["metrics"]["retrieval.recall_at_k"] >= 0.8  # BM25 finds the evidence (model-independent)
+    assert isinstance(evaluation["passed"], bool)  # the verdict on a random tiny model is not asserted
+    assert evaluation["modelUri"] == ftj["modelUri"]
+    document = json.loads(Path(evaluation["outputUri"].removeprefix("file://"), "metrics.json").read_text())
+    assert [a["id"] for a in document["answers"]] == [h["id"] for h in HELDOUT]
+    assert all({"candidate", "baseline", "candidateRag", "baselineRag"} <= set(a) for a in document["answers"])
     from mlflow.tracking import MlflowClient
 
     training_run = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}").get_run(ftj["mlflowRunId"])
-    assert training_run.data.metrics["eval.ppl.domain"] == pytest.approx(evaluation["metrics"]["ppl.domain"], rel=1e-4)
-    assert evaluation["modelUri"] == ftj["modelUri"]
-    assert Path(evaluation["reportUri"].removeprefix("file://")).is_file()
-    assert "Evaluation quickstart-eval: passed" in out and "ppl.domain" in out.split("Evaluation quickstart-eval: passed")[1]
+    assert training_run.data.metrics["eval.qa.fact"] == pytest.approx(evaluation["metrics"]["qa.fact"], rel=1e-4)
+    # the summary: the evaluation's own output is its report; the table; answers side by side
+    summary_line = next(line for line in out.splitlines() if line.startswith("Evaluation ") and "quickstart-eval" in line and ".html" in line)
+    assert summary_line.endswith(evaluation["reportUri"])
+    tail = out.split("Evaluation quickstart-eval: ")[1]
+    assert "qa.fact" in tail and "retrieval.rag_f1" in tail
+    assert f"Q: {HELDOUT[0]['question']}" in tail and "model + RAG:" in tail and "baseline:" in tail
+
+
+def test_heldout_questions_never_reach_training(tmp_path):
+    """No held-out question or answer is in any split of the quickstart's dataset: the
+    evaluation measures recall of facts read in documents, not of questions seen in training."""
+    from mentor_operator.resources import load
+
+    from mentor_trainer.config import DataStageConfig
+    from mentor_trainer.data import main as data_main
+    from mentor_trainer.models import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "tiny")
+    pipeline = quickstart_copy(tmp_path / "pipeline", tiny, {})
+    documents, problems = load([str(pipeline / "dataset.yaml")])
+    assert not problems
+    out = tmp_path / "dataset"
+    spec = documents[0].body["spec"]
+    data_main(DataStageConfig.model_validate(
+        {**spec, "run": {"kind": "DomainDataset", "name": "quickstart-corpus", "namespace": "tests"}, "outputUri": out.as_uri()}
+    ))
+    documents, turns = ([normalized(t) for t in texts] for texts in dataset_texts(out))
+    assert len(documents) > 20 and len(turns) > 40
+    for item in HELDOUT:
+        question, answer = normalized(item["question"]), normalized(item["answer"])
+        assert not any(question in text for text in documents + turns), item["id"]
+        assert not any(answer in turn for turn in turns), item["id"]  # (the documents state it: by design)
 
 
 def test_dependency_order_and_a_failed_stage_stops_its_dependents(tmp_path, capsys):

@@ -193,6 +193,13 @@ class Split(Spec):
     validation: Fraction = Field(default=0.1, description="Share in the validation split.")
     test: Fraction = Field(default=0.1, description="Share in the test split.")
     seed: NonNegativeInt = Field(default=42, description="Seed of the split.")
+    documents_in_train: bool = Field(
+        default=False,
+        description=(
+            "Put every document in the training split and split only question-answer records: a model can "
+            "only learn a fact it reads (held-out questions then test recall, not unseen documents)."
+        ),
+    )
 
 
 class RetrievalIndex(Spec):

@@ -29,6 +29,7 @@ METRICS: dict[str, str] = {
     "qa.rouge_l": "qa",
     "qa.bleu": "qa",
     "qa.bertscore": "qa",
+    "qa.fact": "qa",
     "mc.accuracy": "multiple-choice",
     "judge.score": "judge",
     "judge.correctness": "judge",
@@ -42,6 +43,9 @@ METRICS: dict[str, str] = {
     "safety.leakage_rate": "safety",
     "retrieval.recall_at_k": "retrieval",
     "retrieval.rag_f1_gain": "retrieval",
+    "retrieval.rag_exact_match": "retrieval",
+    "retrieval.rag_f1": "retrieval",
+    "retrieval.rag_fact": "retrieval",
 }
 Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 

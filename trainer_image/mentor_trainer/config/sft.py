@@ -122,11 +122,38 @@ class ModelOutput(Spec):
     merge_adapter: bool = Field(default=True, description="Also write the base model with the adapter merged in.")
 
 
+class RetrievedContext(Spec):
+    """Retrieval-augmented fine-tuning: questions also train with retrieved passages."""
+
+    top_k: PositiveInt = Field(
+        default=3, le=20, description="Passages from the dataset's retrieval index put before each question."
+    )
+
+
 class DataOptions(Spec):
     """How the dataset's splits become training examples."""
 
-    task: Literal["sft", "pretrain"] = Field(
-        default="sft", description="sft: chat examples; pretrain: continued pre-training on text."
+    cel_rules = (
+        CelRule(
+            rule="!has(self.retrievedContext) || self.task != 'pretrain'",
+            message="retrievedContext adds context to questions: it needs task sft or mixed",
+            field_path=".retrievedContext",
+        ),
+    )
+
+    task: Literal["sft", "pretrain", "mixed"] = Field(
+        default="sft",
+        description=(
+            "sft: chat examples; pretrain: continued pre-training on text; mixed: both in one run "
+            "(documents teach the facts, questions teach how to recall them)."
+        ),
+    )
+    retrieved_context: RetrievedContext | None = Field(
+        default=None,
+        description=(
+            "Also train every single-turn question with the top-k chunks of the dataset's retrieval index "
+            "in the prompt (the evaluation's and serving's RAG prompt), so the model learns to use context."
+        ),
     )
     packing: bool = Field(default=True, description="Pack examples into full sequences (no cross-attention).")
     completion_only_loss: bool = Field(default=True, description="SFT loss on the answer tokens only.")

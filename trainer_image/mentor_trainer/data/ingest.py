@@ -502,7 +502,10 @@ def record_from_dict(record: dict, fmt: str, rid: str, source, split_key: str) -
         return None
     reasoning = _first(record, REASONING_KEYS) or ""
     evidence = _first(record, ("evidence",)) or ""
-    return QARecord(rid, source.name, source.group, question, answer, split_key, reasoning=reasoning, evidence=evidence)
+    fact = _first(record, ("fact", "key_fact")) or ""
+    return QARecord(
+        rid, source.name, source.group, question, answer, split_key, reasoning=reasoning, evidence=evidence, fact=fact
+    )
 
 
 def _record_id(record: dict, uri: str, line: int) -> str:

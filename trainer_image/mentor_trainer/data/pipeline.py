@@ -568,7 +568,11 @@ class DataStage:
         config = self.config
         start = time.monotonic()
         fractions = {"train": config.split.train, "validation": config.split.validation, "test": config.split.test}
-        assignment = {kind: assign_splits(keys[kind], fractions, config.split.seed) for kind in keys}
+        assignment = {
+            kind: dict.fromkeys(keys[kind], "train") if kind == TEXT and config.split.documents_in_train
+            else assign_splits(keys[kind], fractions, config.split.seed)
+            for kind in keys
+        }
         formats = [f for f in FORMATS if f in config.formats]
         self.sinks = sinks = {(split, fmt): ParquetSink(staging, split, fmt) for split in SPLITS for fmt in formats}
         near = config.dedup.near

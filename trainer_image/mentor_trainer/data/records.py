@@ -54,6 +54,7 @@ class QARecord(FlatRecord):
     format: str = "qa"
     kind: str = QA
     evidence: str = ""  # the passage that answers it, when the file names one (evaluation recall@k)
+    fact: str = ""  # the key fact a correct answer states, "|"-separated alternatives (evaluation)
 
 
 

@@ -18,6 +18,7 @@ from .. import storage
 from ..errors import StageError
 from ..data.ingest import iter_object
 from ..data.records import Dropped, QARecord
+from ..prompts import question_messages, rag_messages
 from ..train.data import read_split
 from .text import extract_answer
 
@@ -32,11 +33,10 @@ class QAItem:
     question: str
     reference: str
     evidence: str | None = None  # the passage that answers it, for retrieval recall
+    fact: str | None = None  # the key fact an answer must state ("12|twelve": alternatives)
 
-    def prompt(self, context: str | None = None) -> list[dict]:
-        if context is None:
-            return [{"role": "user", "content": self.question}]
-        return [{"role": "user", "content": f"Context:\n{context}\n\nQuestion: {self.question}"}]
+    def prompt(self, passages: list[str] | None = None) -> list[dict]:
+        return question_messages(self.question) if passages is None else rag_messages(self.question, passages)
 
 
 @dataclass
@@ -145,7 +145,9 @@ def _qa_from_uri(uri: str, skipped: Counter) -> list[QAItem]:
     for info in storage.list_objects(uri):
         for unit in iter_object(info, _HeldOutSource):
             if isinstance(unit, QARecord):
-                items.append(QAItem(unit.id.rsplit("#", 1)[-1], unit.question, extract_answer(unit.answer), unit.evidence or None))
+                items.append(
+                    QAItem(unit.id.rsplit("#", 1)[-1], unit.question, extract_answer(unit.answer), unit.evidence or None, unit.fact or None)
+                )
             else:
                 detail = unit.reason if isinstance(unit, Dropped) else "not a question-answer record"
                 skipped[f"{uri}: {detail}"] += 1

@@ -37,6 +37,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def contains_fact(prediction: str, fact: str) -> float:
+    """1.0 when the normalised answer contains one of the fact's "|"-separated alternatives as
+    a whole token sequence ("12|twelve" matches "Twelve traps per hectare", not "120")."""
+    predicted = tokens(normalize_answer(prediction))
+    for alternative in fact.split("|"):
+        wanted = tokens(normalize_answer(alternative))
+        if wanted and any(predicted[i : i + len(wanted)] == wanted for i in range(len(predicted) - len(wanted) + 1)):
+            return 1.0
+    return 0.0
+
+
 class _Tokenizer:
     """rouge_score's tokenizer interface over `text.tokens` (its default drops non-ASCII)."""
 

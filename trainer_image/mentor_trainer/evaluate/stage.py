@@ -71,6 +71,7 @@ class Evaluation:
             "skippedRecords": dict(data.skipped),
             "suites": {s: _json_safe(r.extra) for s, r in candidate.items()},
             "baselineSuites": {s: _json_safe(r.extra) for s, r in baseline.items()},
+            "answers": side_by_side(candidate, baseline),
             "createdAt": utc_now(),
         }
         html = self._report(document, candidate, baseline)
@@ -188,6 +189,25 @@ class Evaluation:
 
 def merged_metrics(results: dict[str, SuiteResult]) -> dict[str, float]:
     return {k: float(v) for r in results.values() if not r.error for k, v in r.metrics.items()}
+
+
+def side_by_side(candidate: dict[str, SuiteResult], baseline: dict[str, SuiteResult]) -> list[dict]:
+    """Each QA question with both models' answers, closed-book and (when run) with retrieval."""
+
+    def answers(results: dict[str, SuiteResult], suite: str) -> dict[str, str]:
+        result = results.get(suite)
+        return {r["id"]: r["answer"] for r in result.rows} if result and not result.error else {}
+
+    qa = candidate.get("qa")
+    if not qa or qa.error:
+        return []
+    columns = {"candidate": answers(candidate, "qa"), "baseline": answers(baseline, "qa"),
+               "candidateRag": answers(candidate, "retrieval"), "baselineRag": answers(baseline, "retrieval")}
+    return [
+        {"id": r["id"], "question": r["question"], "reference": r["reference"],
+         **{name: column[r["id"]] for name, column in columns.items() if r["id"] in column}}
+        for r in qa.rows
+    ]
 
 
 def compare(candidate: dict[str, SuiteResult], baseline: dict[str, SuiteResult], samples: int, confidence: float) -> dict[str, Comparison]:

@@ -145,6 +145,7 @@ def qa_suite(run: SuiteRunner) -> SuiteResult:
     if run.shared.bert is not None:
         scores["qa.bertscore"] = run.shared.bert.score(answers, [i.reference for i in items])
     result = _scored(items, scores)
+    _add_fact(result, "qa.fact", items, answers)
     result.rows = [
         {"suite": "qa", "id": i.id, "question": i.question, "reference": i.reference, "answer": a, "raw": r,
          **{k: v[n] for k, v in scores.items()}}
@@ -260,16 +261,24 @@ def retrieval_suite(run: SuiteRunner) -> SuiteResult:
         raise StageError(run.shared.retriever_error)
     items = run.require_qa()
     hits, recall = run.shared.retrieved(items, run.config.retrieval_top_k)
-    rag_prompts = [i.prompt("\n\n".join(c["text"] for c in found)) for i, found in zip(items, hits)]
+    rag_prompts = [i.prompt([c["text"] for c in found]) for i, found in zip(items, hits)]
     with_context = [extract_answer(a) for a in run.answers("rag", rag_prompts)]
     without = [extract_answer(a) for a in run.qa_answers()]
-    gain = {i.id: m.token_f1(w, i.reference) - m.token_f1(o, i.reference) for i, w, o in zip(items, with_context, without)}
-    result = SuiteResult(
-        metrics={"retrieval.rag_f1_gain": float(np.mean(list(gain.values())))},
-        paired={"retrieval.rag_f1_gain": gain},
-        extra={"ragF1": float(np.mean([m.token_f1(w, i.reference) for i, w in zip(items, with_context)])), "scoredForRecall": len(recall)},
-        rows=[{"suite": "retrieval", "id": i.id, "question": i.question, "answer": w, "f1_gain": gain[i.id]} for i, w in zip(items, with_context)],
-    )
+    scores = {
+        "retrieval.rag_exact_match": [m.exact_match(w, i.reference) for w, i in zip(with_context, items)],
+        "retrieval.rag_f1": [m.token_f1(w, i.reference) for w, i in zip(with_context, items)],
+    }
+    result = _scored(items, scores)
+    _add_fact(result, "retrieval.rag_fact", items, with_context)
+    gain = {i.id: f - m.token_f1(o, i.reference) for i, f, o in zip(items, scores["retrieval.rag_f1"], without)}
+    result.metrics["retrieval.rag_f1_gain"] = float(np.mean(list(gain.values())))
+    result.paired["retrieval.rag_f1_gain"] = gain
+    result.extra["scoredForRecall"] = len(recall)
+    result.rows = [
+        {"suite": "retrieval", "id": i.id, "question": i.question, "answer": w, "f1_gain": gain[i.id],
+         "chunks": [c["chunk_id"] for c in found]}
+        for i, w, found in zip(items, with_context, hits)
+    ]
     if recall:
         result.metrics["retrieval.recall_at_k"] = float(np.mean(list(recall.values())))
         result.paired["retrieval.recall_at_k"] = recall
@@ -320,6 +329,14 @@ def _scored(items, scores: dict[str, list[float]]) -> SuiteResult:
         metrics={k: float(np.mean(v)) for k, v in scores.items()},
         paired={k: dict(zip(ids, map(float, v))) for k, v in scores.items()},
     )
+
+
+def _add_fact(result: SuiteResult, metric: str, items: list[QAItem], answers: list[str]) -> None:
+    """Whether each answer states its item's key fact; only items that name one are scored."""
+    scored = {i.id: m.contains_fact(a, i.fact) for i, a in zip(items, answers) if i.fact}
+    if scored:
+        result.metrics[metric] = float(np.mean(list(scored.values())))
+        result.paired[metric] = scored
 
 
 def _squash(text: str) -> str:

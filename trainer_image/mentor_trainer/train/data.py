@@ -17,7 +17,8 @@ from ..errors import StageError
 
 log = logging.getLogger(__name__)
 
-TASK_FORMATS = {"sft": ("sft", "cot"), "pretrain": ("pretrain",)}
+TASK_FORMATS = {"sft": ("sft", "cot"), "pretrain": ("pretrain",), "mixed": ("pretrain", "sft", "cot")}
+CHAT_TASKS = ("sft", "mixed")
 
 
 @dataclass
@@ -53,7 +54,7 @@ def manifest_hash(dataset_uri: str) -> str | None:
 
 
 def to_example(row: dict, task: str, completion_only: bool) -> dict | None:
-    if task == "pretrain":
+    if task == "pretrain" or (task == "mixed" and "text" in row):
         text = (row.get("text") or "").strip()
         return {"text": text} if text else None
     messages = [{"role": m["role"], "content": m["content"]} for m in (row.get("messages") or []) if m.get("content")]
@@ -90,3 +91,59 @@ def curriculum_stages(difficulty: list[float], stages: list[float], seed: int) -
         rng.shuffle(chosen)
         result.append(chosen)
     return result
+
+
+def _chat_turns(example: dict) -> list[dict] | None:
+    if "messages" in example:
+        return example["messages"]
+    if "prompt" in example:
+        return example["prompt"] + example["completion"]
+    return None  # plain text
+
+
+def with_retrieved_context(examples: Examples, search, top_k: int) -> Examples:
+    """``examples`` plus, for every single-turn question, a copy whose prompt carries the top-k
+    retrieved passages (``search(question, k)`` -> chunk dicts) in the shared RAG layout."""
+    from ..prompts import rag_messages
+
+    rows, difficulty = list(examples.rows), list(examples.difficulty)
+    for example, score in zip(examples.rows, examples.difficulty):
+        turns = _chat_turns(example)
+        if turns is None:
+            continue
+        system = [t for t in turns if t["role"] == "system"]
+        dialogue = [t for t in turns if t["role"] != "system"]
+        if [t["role"] for t in dialogue] != ["user", "assistant"]:
+            continue  # multi-turn: which turn the context belongs to is ambiguous
+        passages = [chunk["text"] for chunk in search(dialogue[0]["content"], top_k)]
+        prompt = system + rag_messages(dialogue[0]["content"], passages)
+        rows.append({"prompt": prompt, "completion": dialogue[1:]} if "prompt" in example else {"messages": prompt + dialogue[1:]})
+        difficulty.append(score)
+    return Examples(rows, difficulty)
+
+
+def as_text_pairs(examples: Examples, tokenizer) -> Examples:
+    """Chat and plain-text examples in one form the trainer takes together: prompt/completion
+    strings. Chat examples are rendered with the tokenizer's chat template (the loss stays on
+    the answer when they came as prompt/completion); documents are a completion with an empty
+    prompt, so every token of them trains."""
+    bos = tokenizer.bos_token
+    # A tokenizer that adds BOS to any text would double the BOS the template writes.
+    adds_bos = bool(bos) and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+
+    def render(messages: list[dict], open_answer: bool) -> str:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=open_answer)
+        return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+    rows = []
+    for example in examples.rows:
+        if "text" in example:
+            rows.append({"prompt": "", "completion": example["text"]})
+            continue
+        turns = _chat_turns(example)
+        full = render(turns, open_answer=False).rstrip()
+        prompt = render(example["prompt"], open_answer=True) if "prompt" in example else ""
+        if not full.startswith(prompt):
+            raise StageError("the chat template renders a prompt that is not a prefix of prompt + answer; use task sft")
+        rows.append({"prompt": prompt, "completion": full[len(prompt):]})
+    return Examples(rows, list(examples.difficulty))

@@ -31,7 +31,16 @@ from .. import storage
 from ..errors import StageError
 from ..progress import ProgressReporter
 from ..tracking import Tracker, trainer_callback
-from .data import Examples, curriculum_stages, load_examples, manifest_hash
+from .data import (
+    CHAT_TASKS,
+    TASK_FORMATS,
+    Examples,
+    as_text_pairs,
+    curriculum_stages,
+    load_examples,
+    manifest_hash,
+    with_retrieved_context,
+)
 from .distributed import deepspeed_config, world_size
 
 log = logging.getLogger(__name__)
@@ -261,9 +270,9 @@ def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = N
     )
     model, tokenizer = loaded.model, loaded.tokenizer
     task = config.data.task
-    if task == "sft" and not getattr(tokenizer, "chat_template", None):
+    if task in CHAT_TASKS and not getattr(tokenizer, "chat_template", None):
         raise StageError(
-            f"the tokenizer of {config.base_model} has no chat template, which data.task sft needs: use a chat model "
+            f"the tokenizer of {config.base_model} has no chat template, which data.task {task} needs: use a chat model "
             "(chat_template in tokenizer_config.json or chat_template.jinja) or set data.task: pretrain"
         )
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -276,10 +285,10 @@ def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = N
         tokenizer.pad_token = tokenizer.eos_token
 
     # --- data ------------------------------------------------------------------------
-    completion_only = config.data.completion_only_loss and task == "sft"
+    completion_only = config.data.completion_only_loss and task in CHAT_TASKS
     train = load_examples(config.dataset_uri, "train", task, completion_only)
     validation = load_examples(config.dataset_uri, "validation", task, completion_only)
-    formats = "/".join(("sft", "cot") if task == "sft" else ("pretrain",))
+    formats = "/".join(TASK_FORMATS[task])
     if not train.rows:
         raise StageError(
             f"dataset {config.dataset_uri} has zero {formats} training examples in train/: "
@@ -302,6 +311,15 @@ def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = N
         random.Random(hp.seed).shuffle(order)
         keep = sorted(order[: config.data.max_examples])
         train = Examples([train.rows[i] for i in keep], [train.difficulty[i] for i in keep])
+
+    if config.data.retrieved_context:
+        from ..data.index import Retriever
+
+        search = Retriever.load(config.dataset_uri).search
+        train = with_retrieved_context(train, search, config.data.retrieved_context.top_k)
+        validation = with_retrieved_context(validation, search, config.data.retrieved_context.top_k)
+    if task == "mixed":  # documents and chat examples together: one prompt/completion form
+        train, validation = as_text_pairs(train, tokenizer), as_text_pairs(validation, tokenizer)
 
     curriculum = config.curriculum if config.curriculum and config.curriculum.enabled else None
     if curriculum:
@@ -346,7 +364,7 @@ def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = N
         _download_latest_checkpoint(out.join("checkpoints"), checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
-    args = _sft_args(config, checkpoint_dir, precision, device, eval_dataset is not None, task, completion_only)
+    args = _sft_args(config, checkpoint_dir, precision, device, eval_dataset is not None, completion_only)
     from transformers import EarlyStoppingCallback
 
     extra = [nan_guard_callback(hp.learning_rate, precision)]
@@ -420,7 +438,7 @@ def _download_latest_checkpoint(remote: storage.Uri, local: Path) -> None:
         (local / latest / storage.SUCCESS_MARKER).unlink(missing_ok=True)
 
 
-def _sft_args(config, checkpoint_dir: Path, precision: str, device: str, has_eval: bool, task: str, completion_only: bool):
+def _sft_args(config, checkpoint_dir: Path, precision: str, device: str, has_eval: bool, completion_only: bool):
     from trl import SFTConfig
 
     hp = config.hyperparameters
@@ -465,7 +483,7 @@ def _sft_args(config, checkpoint_dir: Path, precision: str, device: str, has_eva
         activation_checkpointing=hp.gradient_checkpointing,
         packing=packing,
         packing_strategy="bfd",
-        completion_only_loss=completion_only if task == "sft" else False,
+        completion_only_loss=completion_only,
         dataset_text_field="text",
         shuffle_dataset=False,
         eval_strategy="steps" if has_eval else "no",
