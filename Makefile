@@ -19,7 +19,7 @@ env:  ## build (or reuse) the cached virtualenv and print its path
 demo:  ## run the quickstart pipeline locally on CPU
 	venv="$(VENV)"
 	"$$venv/bin/mentor" validate -f examples/quickstart/
-	"$$venv/bin/mentor-trainer" tiny-model --out .mentor/tiny-model  # the quickstart's base model
+	"$$venv/bin/mentor-trainer" smollm2 --out .mentor/smollm2  # the base model, converted once
 	"$$venv/bin/mentor" run -f examples/quickstart/ --root .mentor/quickstart
 
 test:  ## run the whole test suite (builds the control plane, helm and MinIO on first use)
