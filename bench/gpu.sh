@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go (bench/README.md): fine-tuning throughput (full and LoRA, ours
 # vs plain TRL SFTTrainer) and evaluation throughput on the 1.5B shape, each part under a
-# timeout so that the whole script ends in about 7 minutes even if a part hangs.
+# timeout so that the whole script ends in about 8 minutes even if a part hangs.
 #
 #   bash bench/gpu.sh [SRC]
 #
