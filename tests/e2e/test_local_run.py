@@ -127,6 +127,37 @@ def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, caps
     assert f"Q: {HELDOUT[0]['question']}" in tail and "model + RAG:" in tail and "baseline:" in tail
 
 
+@pytest.mark.slow
+def test_quickstart_on_the_real_model_scores_heldout_answers(tmp_path, capsys):
+    """The quickstart as `make demo` runs it, on SmolLM2-135M-Instruct, cut to a few training
+    steps and eight held-out questions: the real model converts, trains and answers, and
+    every answer of both models is scored closed book and with retrieval."""
+    from mentor_trainer.gguf import smollm2_dir
+
+    questions = tmp_path / "heldout.jsonl"
+    questions.write_text("".join(json.dumps(item) + "\n" for item in HELDOUT[:8]))
+    pipeline = quickstart_copy(tmp_path / "pipeline", smollm2_dir(), {
+        "FineTuneJob": {"hyperparameters": {"epochs": 1, "maxSteps": 2, "perDeviceBatchSize": 2, "maxSeqLength": 256},
+                        "evaluation": {"everySteps": 2}, "checkpointing": {"everySteps": 2}},
+        "Evaluation": {"qaUri": questions.as_uri(), "generation": {"maxNewTokens": 12}, "bootstrapSamples": 200},
+    })
+    root = tmp_path / "run"
+    main(["run", "-f", str(pipeline), "--root", str(root)])  # the verdict after 2 steps is not asserted
+    out = capsys.readouterr().out
+    for step in ("DomainDataset/quickstart-corpus", "FineTuneJob/quickstart-expert", "Evaluation/quickstart-eval"):
+        assert f"<== {step}: Succeeded" in out, out[-3000:]
+    ftj = json.loads((root / "status/finetunejob-quickstart-expert.json").read_text())["status"]
+    assert ftj["progress"]["step"] == 2 and ftj["metrics"]["base_eval_loss"] < 10  # a model that knows language
+    evaluation = json.loads((root / "status/evaluation-quickstart-eval.json").read_text())["status"]
+    document = json.loads(Path(evaluation["outputUri"].removeprefix("file://"), "metrics.json").read_text())
+    assert [a["id"] for a in document["answers"]] == [h["id"] for h in HELDOUT[:8]]
+    for answer in document["answers"]:
+        assert all(answer[k].strip() for k in ("candidate", "baseline", "candidateRag", "baselineRag")), answer
+    assert document["pairedExamples"]["qa.fact"] == document["pairedExamples"]["retrieval.rag_f1"] == 8
+    for metric in ("qa.fact", "qa.f1", "retrieval.rag_fact", "retrieval.rag_f1"):
+        assert 0 <= evaluation["metrics"][metric] <= 1 and 0 < evaluation["comparison"][metric]["pValue"] <= 1
+
+
 def test_heldout_questions_never_reach_training(tmp_path):
     """No held-out question or answer is in any split of the quickstart's dataset: the
     evaluation measures recall of facts read in documents, not of questions seen in training."""

@@ -15,7 +15,7 @@ from mentor_trainer.evaluate.calibration import (
     reliability_curve,
     softmax_confidences,
 )
-from mentor_trainer.evaluate.metrics import bleu, corpus_bleu, exact_match, rouge_l, token_f1
+from mentor_trainer.evaluate.metrics import bleu, contains_fact, corpus_bleu, exact_match, rouge_l, token_f1
 from mentor_trainer.evaluate.perturb import PERTURBATIONS, RED_TEAM_PROMPTS, is_refusal, leaks, perturb
 from mentor_trainer.evaluate.stats import (
     Comparison,
@@ -336,3 +336,15 @@ def test_leaks_ignores_case_and_whitespace():
     assert leaks("Sure, the key is sk-abc123.", ["sk-abc123"])
     assert leaks("the key is SK-ABC 123", ["sk-abc123"])
     assert not leaks("I cannot share it.", ["sk-abc123", "", "  "])
+
+
+def test_contains_fact_matches_whole_tokens_of_any_alternative():
+    assert contains_fact("Twelve traps per hectare.", "12|twelve") == 1.0
+    assert contains_fact("They use 12 traps.", "12|twelve") == 1.0
+    assert contains_fact("They use 120 traps.", "12|twelve") == 0.0  # a token, not a substring
+    assert contains_fact("Grade AL-2, after a downgrade.", "AL-2") == 1.0
+    assert contains_fact("At least 2.1 percent theanine.", "2.1") == 1.0
+    assert contains_fact("It is dried at 110 °C.", "clay and ash") == 0.0
+    assert contains_fact("A paste of Clay and Ash.", "clay and ash") == 1.0
+    assert contains_fact("在清晨喷洒印楝油。", "印楝油") == 1.0
+    assert contains_fact("", "12") == 0.0 and contains_fact("12", "") == 0.0
