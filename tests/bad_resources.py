@@ -51,6 +51,7 @@ CASES = [
     BadCase("curriculum-not-ending-at-1", "FineTuneJob", _with("FineTuneJob", curriculum={"stages": [0.5, 0.3]}), "spec.curriculum.stages"),
     BadCase("bad-memory-quantity", "FineTuneJob", _with("FineTuneJob", resources={"memory": "lots"}), "spec.resources.memory"),
     BadCase("bad-reference-name", "FineTuneJob", _with("FineTuneJob", datasetRef={"name": "Bad_Name"}), "spec.datasetRef.name"),
+    BadCase("retrieved-context-for-pretraining", "FineTuneJob", _with("FineTuneJob", data={"task": "pretrain", "retrievedContext": {"topK": 3}}), "spec.data.retrievedContext"),
     BadCase("offload-params-needs-zero3", "FineTuneJob", _with("FineTuneJob", distributed={"deepspeed": {"stage": 2, "offloadParams": True}}), "spec.distributed.deepspeed.offloadParams"),
     BadCase("no-sources", "DomainDataset", _with("DomainDataset", sources=[]), "spec.sources"),
     BadCase("uri-and-inline", "DomainDataset", _with("DomainDataset", sources=[{"name": "a", "uri": "s3://b/k", "inline": [{"id": "x", "text": "t"}]}]), "spec.sources[0]"),
