@@ -81,6 +81,19 @@ def choose_precision(requested: str, device: str) -> tuple[str, Any]:
     return requested, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
 
 
+def weights_dtype(method: str, dtype):
+    """The dtype the model's weights are loaded (and kept) in.
+
+    Adapters train on a base kept in the training dtype. Full/freeze keep fp32 master weights and
+    autocast the matmuls: in bf16 weights (and torch AdamW's bf16 states) an update smaller than
+    about 1/256 of a weight rounds away, which at fine-tuning learning rates (~1e-5 against weights
+    of ~1e-2) is most updates. The fp32 copy costs memory (weights, gradients and AdamW states in
+    fp32: 16 bytes a parameter against 8) and some time (bench/README.md, gpu_profile.py)."""
+    import torch
+
+    return dtype if method in ADAPTER_METHODS else torch.float32
+
+
 # --------------------------------------------------------------------------------------
 # Callbacks
 
@@ -237,7 +250,7 @@ def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = N
     from datasets import Dataset
 
     from ..models import load_model_and_tokenizer
-    from . import methods
+    from . import methods, packed_attention
 
     device = check_device(config)
     precision, dtype = choose_precision(config.hyperparameters.precision, device)
@@ -257,16 +270,13 @@ def prepare(config, callbacks: tuple = (), reporter: ProgressReporter | None = N
             bnb_4bit_use_double_quant=q.double_quant if q else True,
             bnb_4bit_compute_dtype=compute,
         )
-    # Adapters train on a base kept in the training dtype; full/freeze keep fp32 master weights
-    # (mixed precision autocasts the matmuls).
-    load_dtype = dtype if config.method in ADAPTER_METHODS else torch.float32
     loaded = load_model_and_tokenizer(
         config.base_model,
         trust_remote_code=config.trust_remote_code,
-        dtype=load_dtype,
+        dtype=weights_dtype(config.method, dtype),
         quantization_config=quantization,
         device_map={"": 0} if quantization is not None else None,
-        attn_implementation="sdpa",
+        attn_implementation=packed_attention.implementation(device),
     )
     model, tokenizer = loaded.model, loaded.tokenizer
     task = config.data.task
