@@ -191,18 +191,12 @@ def _skip_cel_without_celpy() -> None:
         common.evaluate_cel = lambda rule, value: True
 
 
-def worker_ours(a) -> dict:
-    import torch
-
+def ours_config(a, out: Path, cuda: bool):
+    """The sft stage's config for this benchmark: packing on, the stage's defaults otherwise."""
     from mentor_trainer.config.sft import SftStageConfig
-    from mentor_trainer.train import sft
 
     _skip_cel_without_celpy()
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    out = Path(a.root) / f"out-ours-{a.method}"
-    config = SftStageConfig.model_validate(
+    return SftStageConfig.model_validate(
         {
             "run": {"kind": "FineTuneJob", "name": "bench", "namespace": "bench"},
             "outputUri": out.as_uri(),
@@ -224,6 +218,17 @@ def worker_ours(a) -> dict:
             "progressFile": str(out / "progress.json"),
         }
     )
+
+
+def worker_ours(a) -> dict:
+    import torch
+
+    from mentor_trainer.train import sft
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    config = ours_config(a, Path(a.root) / f"out-ours-{a.method}", cuda)
     timer = steady_timer(a.steady_from)
     result = sft.run(config, callbacks=(timer,))  # sft.main(config), plus the timing callback
     m = result["metrics"]
