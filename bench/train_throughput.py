@@ -15,7 +15,8 @@ written as ``<dataset>/train/sft-00000.parquet`` and ``validation/sft-00000.parq
 sides read the same rows.
 
 OURS: ``mentor_trainer.train.sft.main(config)`` with packing on (the stage's defaults
-otherwise: completion-only loss, SDPA, bf16 on GPU, fp32 master weights for full).
+otherwise: completion-only loss, bf16 on GPU with packed varlen attention, fp32 master weights
+for full).
 PEER: ``trl.SFTTrainer`` with default SFTConfig settings (no packing, default collator,
 full-sequence loss on ``messages``), the model loaded as ours loads it (fp32 for full, bf16
 for LoRA on GPU), a PEFT LoraConfig with the same r/alpha/targets for LoRA; only the step
