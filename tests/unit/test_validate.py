@@ -43,7 +43,6 @@ def test_good_resources_pass_and_problems_are_one_line_each(tmp_path, capsys):
 
 def test_examples_are_valid(capsys):
     assert main(["validate", "-f", "examples/"]) == 0
-    assert main(["validate", "-f", "bench/expertise/"]) == 0  # the proof benchmark's fine-tuning
 
 
 def test_reference_cycle_is_reported(tmp_path, capsys):
