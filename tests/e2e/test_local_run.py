@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict]) 
         if isinstance(value, list):
             return [rewrite(v) for v in value]
         if isinstance(value, str) and value.startswith("file://") and not value.startswith("file:///"):
-            path = (QUICKSTART / value.removeprefix("file://")).resolve()
-            return base_model.as_uri() + "/" if path == (ROOT / ".mentor/smollm2") else path.as_uri() + "/" * value.endswith("/")
+            # normpath, not resolve: .mentor/smollm2 is a link into the model cache after `make demo`
+            path = Path(os.path.normpath(QUICKSTART / value.removeprefix("file://")))
+            return base_model.as_uri() + "/" if path == ROOT / ".mentor/smollm2" else path.as_uri() + "/" * value.endswith("/")
         return value
 
     def merge(spec: dict, changes: dict) -> dict:
