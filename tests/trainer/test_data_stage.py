@@ -265,6 +265,25 @@ def test_split_is_grouped_by_document_and_has_no_cross_split_near_duplicates(cor
             assert max(jaccard(signature, other) for other in train) < near.threshold
 
 
+def test_split_does_not_depend_on_where_the_files_are(tmp_path):
+    """Two checkouts of the same corpus in different folders split it the same way."""
+    import shutil
+
+    def split_of(root: Path) -> dict[str, str]:
+        shutil.copytree(CORPUS / "qa", root / "qa")
+        shutil.copytree(CORPUS / "docs" / "en", root / "docs")
+        out = root / "out"
+        run_stage(DataStageConfig.model_validate({
+            "run": {"kind": "DomainDataset", "name": "where"}, "outputUri": out.as_uri(), "formats": ["pretrain", "sft"],
+            "sources": [{"name": "docs", "uri": (root / "docs").as_uri()}, {"name": "qa", "uri": (root / "qa").as_uri()}],
+        }))
+        return {r["doc_id"].removeprefix(root.as_uri()): split for fmt in ("pretrain", "sft")
+                for split, rows in all_rows(out, fmt).items() for r in rows}
+
+    here, there = split_of(tmp_path / "a"), split_of(tmp_path / "checkouts" / "elsewhere")
+    assert here == there and set(here.values()) == {"train", "validation", "test"}
+
+
 def test_parquet_loads_with_datasets(corpus_run):
     from datasets import load_dataset
 

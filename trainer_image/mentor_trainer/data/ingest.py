@@ -264,7 +264,7 @@ def _text_documents(blocks: Iterable[str], fmt: str, info, source) -> Iterator[U
         if fmt == "markdown":
             text = markdown_to_text(text)
         if text.strip():
-            yield Document(doc_id, source.name, source.group, text, fmt, split_key=info.uri)
+            yield Document(doc_id, source.name, source.group, text, fmt, split_key=split_key_of(info, source))
         elif part == 1:
             yield Dropped(doc_id, source.name, "empty", "only whitespace")
     if part == 0:
@@ -343,7 +343,7 @@ def _parsed(fmt: str, data: bytes, info, source) -> Iterator[Unit | Dropped]:
     if not text or not text.strip():
         yield Dropped(info.uri, source.name, "no-text")
         return
-    yield Document(info.uri, source.name, source.group, text, fmt, split_key=info.uri)
+    yield Document(info.uri, source.name, source.group, text, fmt, split_key=split_key_of(info, source))
 
 
 class _Encrypted(Exception):
@@ -508,6 +508,13 @@ def record_from_dict(record: dict, fmt: str, rid: str, source, split_key: str) -
     )
 
 
+def split_key_of(info, source, record_id: str = "") -> str:
+    """What the split groups by: the source, the object's name under it and the record's id
+    within it, never the absolute location, so that a dataset splits the same wherever its files
+    are checked out or mirrored."""
+    return f"{source.name}:{info.name}{record_id.removeprefix(info.uri)}"
+
+
 def _record_id(record: dict, uri: str, line: int) -> str:
     value = record.get("id")
     return f"{uri}#{value}" if isinstance(value, (str, int)) and str(value) else f"{uri}#L{line}"
@@ -529,7 +536,7 @@ def _jsonl_records(blocks: Iterable[str], fmt: str, info, source) -> Iterator[Un
             yield Dropped(f"{info.uri}#L{number}", source.name, "invalid-record", "not an object", kind=QA)
             continue
         rid = _record_id(record, info.uri, number)
-        unit = record_from_dict(record, fmt, rid, source, split_key=rid)
+        unit = record_from_dict(record, fmt, rid, source, split_key=split_key_of(info, source, rid))
         if unit is None:
             kind = PREFERENCE if "chosen" in record or fmt == "preference-jsonl" else QA
             yield Dropped(rid, source.name, "invalid-record", "missing fields", kind=kind)
@@ -555,7 +562,7 @@ def _json_array_records(data: bytes, info, source) -> Iterator[Unit | Dropped]:
             yield Dropped(f"{info.uri}#{number}", source.name, "invalid-record", "not an object", kind=QA)
             continue
         rid = _record_id(record, info.uri, number)
-        unit = record_from_dict(record, "jsonl", rid, source, split_key=rid)
+        unit = record_from_dict(record, "jsonl", rid, source, split_key=split_key_of(info, source, rid))
         if unit is None:
             kind = PREFERENCE if "chosen" in record else QA
             yield Dropped(rid, source.name, "invalid-record", "missing fields", kind=kind)
@@ -571,7 +578,7 @@ def _csv_records(blocks: Iterable[str], info, source) -> Iterator[Unit | Dropped
             total += 1
             row = {(k or "").strip().lower(): v for k, v in row.items() if isinstance(v, str)}
             rid = _record_id(row, info.uri, number)
-            unit = record_from_dict(row, "qa-csv", rid, source, split_key=rid)
+            unit = record_from_dict(row, "qa-csv", rid, source, split_key=split_key_of(info, source, rid))
             if unit is None:
                 yield Dropped(rid, source.name, "invalid-record", "missing question/answer", kind=QA)
             else:

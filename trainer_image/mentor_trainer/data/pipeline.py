@@ -47,7 +47,7 @@ from .records import PREFERENCE, QA, TEXT, Counter, Document, Dropped, QARecord,
 
 log = logging.getLogger("mentor_trainer.data")
 
-PIPELINE_VERSION = 2  # 2: origin column, retrieval index, synthesis, mixture sampling, perplexity
+PIPELINE_VERSION = 3  # 2: origin column, retrieval index, synthesis, mixture sampling, perplexity; 3: location-free split keys
 RUNTIME_FIELDS = {"run", "output_uri", "tracking", "progress_file"}
 MAX_RESULT_REASONS = 24
 
