@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .. import storage
 from ..errors import StageError
+from ..prompts import rag_messages
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ def _chat_turns(example: dict) -> list[dict] | None:
 def with_retrieved_context(examples: Examples, search, top_k: int) -> Examples:
     """``examples`` plus, for every single-turn question, a copy whose prompt carries the top-k
     retrieved passages (``search(question, k)`` -> chunk dicts) in the shared RAG layout."""
-    from ..prompts import rag_messages
-
     rows, difficulty = list(examples.rows), list(examples.difficulty)
     for example, score in zip(examples.rows, examples.difficulty):
         turns = _chat_turns(example)
