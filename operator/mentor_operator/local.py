@@ -104,9 +104,7 @@ class LocalExecutor:
         ok, message = self._run_stage(doc, stage, config)
         if not ok:
             return self._finish(body, "Failed", message, started)
-        status = result_status(doc.kind, parse_result(message), out, body["status"].get("conditions"), body["metadata"].get("generation"))
-        if doc.kind == "Evaluation":
-            status.setdefault("modelUri", resolution.values.get("model_uri"))
+        status = result_status(api, parse_result(message), out, body["status"].get("conditions"), body["metadata"].get("generation"))
         body["status"].update(status)
         return self._finish(body, "Succeeded", status.get("message", ""), started)
 

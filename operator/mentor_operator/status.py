@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from pydantic import ValidationError
+
+from .api import KindApi
+
+log = logging.getLogger("mentor.status")
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -110,36 +117,29 @@ def parse_result(message: str) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
-# Status fields a stage's result may set, per kind (wire names).
-RESULT_FIELDS = {
-    "DomainDataset": ("stats", "contentHash", "outputUri"),
-    "FineTuneJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
-    "RLHFJob": ("modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"),
-    "Evaluation": ("passed", "failedGates", "metrics", "comparison", "summary", "reportUri", "calibratedTemperature"),
-    "ModelDeployment": ("modelUri",),
-}
-
-
 def result_status(
-    kind: str,
+    api: KindApi,
     result: dict[str, Any],
     output_uri: str | None,
     conditions: list[dict[str, Any]] | None = None,
     generation: int | None = None,
 ) -> dict[str, Any]:
-    """Status fields from a finished stage's result, with the conventional output paths for
-    what the result did not say. An Evaluation's verdict also becomes its Passed condition
-    and, when gates failed, the status message."""
-    changes = {key: result[key] for key in RESULT_FIELDS.get(kind, ()) if key in result}
-    if kind in ("FineTuneJob", "RLHFJob") and not changes.get("modelUri") and output_uri:
-        changes["modelUri"] = f"{output_uri.rstrip('/')}/model/"
-    if kind == "Evaluation" and isinstance(result.get("passed"), bool):
-        failed = result.get("failedGates") or []
-        message = "every gate passed" if result["passed"] else "gates failed: " + "; ".join(failed)
-        reason = "GatesPassed" if result["passed"] else "GatesFailed"
-        changes["conditions"] = set_condition(conditions, "Passed", result["passed"], reason, message, generation)
-        if not result["passed"]:
-            changes["message"] = message
+    """Status fields from a finished stage's result (the kind's result model), with the
+    conventional output paths for what it did not say. A verdict (an Evaluation's gates)
+    also becomes the Passed condition and, when it failed, the status message."""
+    try:
+        typed = api.result.from_wire(result)
+    except ValidationError as error:  # as unreadable as a message that is not JSON
+        log.warning("%s result does not fit %s: %s", api.info.kind, api.result.__name__, error)
+        typed = api.result()
+    typed = typed.with_defaults(output_uri)
+    # only what the stage said (and the defaults): a result never blanks other status fields
+    changes = typed.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+    verdict = typed.verdict()
+    if verdict is not None:
+        changes["conditions"] = set_condition(conditions, "Passed", verdict.passed, verdict.reason, verdict.message, generation)
+        if not verdict.passed:
+            changes["message"] = verdict.message
     return changes
 
 

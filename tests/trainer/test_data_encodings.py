@@ -30,7 +30,7 @@ def run(tmp_path, sources):
         {"run": {"kind": "DomainDataset", "name": "enc"}, "outputUri": (tmp_path / "out").as_uri() + "/",
          "sources": sources, "formats": ["pretrain"], "index": {"enabled": False}, "filters": {"minChars": 10}}
     )
-    return main(config)
+    return main(config).to_wire()  # what the termination message carries
 
 
 def test_wrongly_declared_and_mixed_encodings(tmp_path):

@@ -74,7 +74,7 @@ def key(row: dict) -> str:
 def run_stage(config):
     from mentor_trainer.data import main
 
-    return main(config)
+    return main(config).to_wire()  # what the termination message carries
 
 
 def test_total_examples_are_mixed_to_the_weights(tmp_path):

@@ -55,7 +55,7 @@ def corpus_options() -> dict:
 def run_stage(config) -> dict:
     from mentor_trainer.data import main
 
-    return main(config)
+    return main(config).to_wire()  # what the termination message carries
 
 
 def read_rows(out: Path, split: str, fmt: str) -> list[dict]:

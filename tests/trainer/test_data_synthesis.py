@@ -151,7 +151,7 @@ def rows(out: Path, fmt: str) -> dict[str, list[dict]]:
 def run_stage(cfg):
     from mentor_trainer.data import main
 
-    return main(cfg)
+    return main(cfg).to_wire()  # what the termination message carries
 
 
 def test_teacher_examples_for_every_chunk(tmp_path, monkeypatch):

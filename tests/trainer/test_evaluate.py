@@ -21,9 +21,14 @@ import pytest
 
 from mentor_trainer.config.evaluate import METRICS, EvaluateStageConfig
 from mentor_trainer.errors import StageError
-from mentor_trainer.evaluate.stage import main as evaluate
+from mentor_trainer.evaluate.stage import main as evaluate_stage
 from mentor_trainer.models import build_tiny_model
 from tests.trainer.test_data_synthesis import TeacherServer, closed_port, url_of
+
+
+def evaluate(config: EvaluateStageConfig) -> dict:
+    """The stage's result as the termination message carries it."""
+    return evaluate_stage(config).to_wire()
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "examples" / "corpus"

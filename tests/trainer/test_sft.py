@@ -67,7 +67,7 @@ def run(config, callbacks=()):
 def test_domain_validation_loss_falls(tiny, dataset, tmp_path, method, options):
     config = make_config(tiny, dataset, tmp_path / "out", method=method, **options)
     result = run(config)
-    metrics = result["metrics"]
+    metrics = result.metrics
     print(f"{method}: validation loss {metrics['base_eval_loss']:.3f} -> {metrics['eval_loss']:.3f}")
     # loss on the answers of the held-out domain QA (sft + cot validation split)
     assert metrics["eval_loss"] < metrics["base_eval_loss"] - 0.5, metrics
@@ -78,20 +78,20 @@ def test_domain_validation_loss_falls(tiny, dataset, tmp_path, method, options):
     assert saved["metrics"] == metrics and saved["method"] == method and saved["precision"] == "fp32"
     assert (out / "README.md").read_text().startswith("# tea-expert")
     assert (out / "model" / "_SUCCESS").is_file() and (out / "model" / "model.safetensors").is_file()
-    assert result["modelUri"] == (out / "model").as_uri() + "/"
+    assert result.model_uri == (out / "model").as_uri() + "/"
     assert len(json.dumps(result)) < 3000
     if method == "lora":
         assert (out / "adapter" / "adapter_model.safetensors").is_file()
-        assert result["adapterUri"] == (out / "adapter").as_uri() + "/"
+        assert result.adapter_uri == (out / "adapter").as_uri() + "/"
     else:
-        assert result["adapterUri"] is None
+        assert result.adapter_uri is None
     if method == "freeze":
         assert saved["trainedLayers"] == [3]
         assert saved["trainableParameters"] < 0.5 * saved["parameters"]
     # the published model is the trained one: it loads and scores like the final evaluation
     from mentor_trainer.models import load_model_and_tokenizer
 
-    loaded = load_model_and_tokenizer(result["modelUri"])
+    loaded = load_model_and_tokenizer(result.model_uri)
     assert loaded.tokenizer.chat_template
     assert _eval_loss(loaded.model, loaded.tokenizer, dataset) == pytest.approx(metrics["eval_loss"], abs=0.05)
 
@@ -266,7 +266,7 @@ def test_tokenizer_without_chat_template(tiny, dataset, tmp_path):
         run(make_config(plain, dataset, tmp_path / "out"))
     # continued pre-training needs no template
     result = run(make_config(plain, dataset, tmp_path / "pt", data={"task": "pretrain"}, hyperparameters={"maxSteps": 1}))
-    assert result["metrics"]["steps"] == 1
+    assert result.metrics["steps"] == 1
 
 
 def test_zero_examples(tiny, tmp_path):
@@ -336,8 +336,8 @@ def test_cli_writes_result_tracks_and_reports_progress(tiny, dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(termination.read_text())
     assert set(result) == {"modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"}
-    assert {"train_loss", "eval_loss", "eval_perplexity", "base_eval_loss"} <= set(result["metrics"])
-    assert result["registeredModel"] == "mlflow://models/tea-expert/1"
+    assert {"train_loss", "eval_loss", "eval_perplexity", "base_eval_loss"} <= set(result.metrics)
+    assert result.registered_model == "mlflow://models/tea-expert/1"
 
     state = json.loads(progress.read_text())
     assert state["step"] == state["totalSteps"] == 6
@@ -347,14 +347,14 @@ def test_cli_writes_result_tracks_and_reports_progress(tiny, dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{db}")
-    run_info = client.get_run(result["mlflowRunId"])
+    run_info = client.get_run(result.mlflow_run_id)
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert run_info.data.tags["mentor.dataset_hash"] == manifest["contentHash"]
     assert run_info.data.params["method"] == "lora" and run_info.data.params["lora.r"] == "16"
-    losses = client.get_metric_history(result["mlflowRunId"], "loss")
+    losses = client.get_metric_history(result.mlflow_run_id, "loss")
     assert len(losses) >= 2  # per step, not only the final value
     version = client.get_model_version("tea-expert", "1")
-    assert version.source == result["adapterUri"]
+    assert version.source == result.adapter_uri
 
     # a permanent failure: exit code 2 and the reason as the termination message
     bad = make_config(tiny, dataset, tmp_path / "bad", method="qlora")
@@ -410,7 +410,7 @@ def test_s3_model_dataset_outputs_and_resume(tiny, dataset, tmp_path, monkeypatc
         steps: list[int] = []
         result = run(config(), callbacks=(_record_steps(steps),))  # a new pod: local disk is empty
         assert steps == [2, 3]
-        assert result["adapterUri"] == out + "adapter/"
+        assert result.adapter_uri == out + "adapter/"
         assert storage.exists_complete(out + "adapter")
         saved = json.loads(storage.read_text(out + "result.json"))
         assert saved["resumedFrom"] == "checkpoint-2" and saved["metrics"]["steps"] == 4

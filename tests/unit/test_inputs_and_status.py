@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from mentor_operator.api import KINDS
 from mentor_operator.builders.inputs import resolve_inputs
 from mentor_operator.status import pod_termination, result_status, runner_state, set_condition
 
@@ -74,18 +75,18 @@ def test_termination_message_and_result():
     assert pod_termination(pods, "Failed") == ("Error", "dataset has 0 examples")
     ok = [{"status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": json.dumps({"modelUri": "s3://x/"})}}}]}}]
     assert pod_termination(ok, "Succeeded")[1] == '{"modelUri": "s3://x/"}'
-    assert result_status("FineTuneJob", {"modelUri": "s3://x/", "junk": 1}, "s3://o/") == {"modelUri": "s3://x/"}
-    assert result_status("FineTuneJob", {}, "s3://o/") == {"modelUri": "s3://o/model/"}
+    assert result_status(KINDS["FineTuneJob"], {"modelUri": "s3://x/", "junk": 1}, "s3://o/") == {"modelUri": "s3://x/"}
+    assert result_status(KINDS["FineTuneJob"], {}, "s3://o/") == {"modelUri": "s3://o/model/"}
 
 
 def test_evaluation_verdict_becomes_the_passed_condition_and_message():
     from mentor_operator.status import result_status
 
-    failed = result_status("Evaluation", {"passed": False, "failedGates": ["qa.f1 >= 0.6 (got 0.41)"]}, None, [], 3)
+    failed = result_status(KINDS["Evaluation"], {"passed": False, "failedGates": ["qa.f1 >= 0.6 (got 0.41)"]}, None, [], 3)
     (condition,) = failed["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == ("Passed", "False", "GatesFailed")
     assert condition["observedGeneration"] == 3 and "qa.f1 >= 0.6 (got 0.41)" in condition["message"]
     assert failed["message"] == "gates failed: qa.f1 >= 0.6 (got 0.41)" and failed["failedGates"]
-    passed = result_status("Evaluation", {"passed": True, "failedGates": []}, None, failed["conditions"], 4)
+    passed = result_status(KINDS["Evaluation"], {"passed": True, "failedGates": []}, None, failed["conditions"], 4)
     assert passed["conditions"][0]["status"] == "True" and "message" not in passed
-    assert "conditions" not in result_status("FineTuneJob", {"passed": True}, "s3://b/o", [], 1)
+    assert "conditions" not in result_status(KINDS["FineTuneJob"], {"passed": True}, "s3://b/o", [], 1)

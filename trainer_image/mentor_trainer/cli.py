@@ -1,10 +1,10 @@
 """`mentor-trainer <stage> --config FILE`: run one stage with its rendered config.
 
 Contract with the operator and the local executor:
-- each stage is a module with `main(config) -> dict`; the dict is the stage's result, with
-  status field names in camelCase (e.g. {"modelUri": ..., "metrics": {...}});
-- on success the result JSON is written as the container's termination message, which the
-  operator folds into the resource's status (no extra RBAC needed);
+- each stage is a module with `main(config: <Stage>Config) -> <Stage>Result`, both typed models
+  in `mentor_trainer.config`; the result's fields are the resource's status fields;
+- on success the result (its wire JSON) is written as the container's termination message,
+  which the operator folds into the resource's status (no extra RBAC needed);
 - on failure the error (one line, naming the cause) is written there instead, and the exit
   code says whether a retry can help: 2 = permanent (bad config or input), 1 = maybe transient.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .config import STAGE_CONFIGS
+from .config import STAGE_CONFIGS, StageResult
 from .errors import StageError
 
 # stage -> module holding its main(config)
@@ -81,12 +81,15 @@ def load_config(stage: str, args: argparse.Namespace):
         raise StageError(f"invalid {stage} config in {source}: {problems}") from error
 
 
-def run_stage(stage: str, args: argparse.Namespace) -> dict:
+def run_stage(stage: str, args: argparse.Namespace) -> StageResult:
     if stage not in available_stages():
         raise StageError(f"stage {stage!r} is not part of this build (available: {', '.join(available_stages()) or 'none'})")
     config = load_config(stage, args)
     module = importlib.import_module(STAGE_MODULES[stage])
-    return module.main(config) or {}
+    result = module.main(config)
+    if not isinstance(result, StageResult):
+        raise TypeError(f"stage {stage!r} returned {type(result).__name__}, not a StageResult")
+    return result
 
 
 def tiny_model(argv: list[str]) -> int:
@@ -145,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         write_termination(f"{type(error).__name__}: {error}")
         return EXIT_TRANSIENT
-    write_termination(json.dumps(result, separators=(",", ":"), sort_keys=True))
-    print(json.dumps(result, indent=2, sort_keys=True))
+    wire = result.to_wire()
+    write_termination(json.dumps(wire, separators=(",", ":"), sort_keys=True))
+    print(json.dumps(wire, indent=2, sort_keys=True))
     return 0
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config.common import Progress
+
 log = logging.getLogger("mentor.progress")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -91,7 +93,7 @@ class ProgressReporter:
         self.path = Path(path) if path else None
         self.endpoint = endpoint
         self.interval = interval
-        self.state: dict[str, Any] = {}
+        self.state = Progress()
         self._file_written = 0.0
         self._lock = threading.Lock()
         self._dirty = threading.Event()
@@ -106,11 +108,11 @@ class ProgressReporter:
         return cls(progress_file, StatusEndpoint.from_env())
 
     def update(self, force: bool = False, **fields: Any) -> None:
-        """Merge ``fields`` into the state; ``force`` writes the file at once (phase changes)."""
+        """Merge ``fields`` (:class:`Progress` fields, e.g. ``total_steps=``) into the state;
+        ``force`` writes the file at once (phase changes). An unknown field is a bug: it raises."""
         with self._lock:
-            self.state.update(fields)
-            self.state["updatedAt"] = utc_now()
-            snapshot = dict(self.state)
+            self.state = Progress.model_validate({**self.state.model_dump(exclude_none=True), **fields, "updated_at": utc_now()})
+            snapshot = self.state.to_wire()
         if self.path is not None and (force or time.monotonic() - self._file_written >= FILE_INTERVAL_SECONDS):
             self._file_written = time.monotonic()
             self._write_file(snapshot)
@@ -128,8 +130,8 @@ class ProgressReporter:
             self._dirty.set()
             self._thread.join(timeout=10)
             self._thread = None
-        if self.path is not None and self.state:
-            self._write_file(dict(self.state))
+        if self.path is not None and self.state.updated_at:
+            self._write_file(self.state.to_wire())
 
     def __enter__(self) -> "ProgressReporter":
         return self
@@ -156,7 +158,7 @@ class ProgressReporter:
             stopping = self._stopped.is_set()
             self._dirty.clear()
             with self._lock:
-                snapshot = dict(self.state)
+                snapshot = self.state.to_wire()
             if snapshot and not self._send(snapshot):
                 return
             if stopping:

@@ -11,7 +11,9 @@ from mentor_trainer.config.common import (
     ModelUri,
     NonNegativeInt,
     PositiveInt,
+    Progress,
     Spec,
+    StageResult,
     StorageUri,
     Tracking,
 )
@@ -129,22 +131,6 @@ class Children(Spec):
     cron_job: str | None = Field(default=None, description="Drift-check CronJob.")
 
 
-class Progress(Spec):
-    """Live progress, reported by the stage itself (a merge patch of status.progress)."""
-
-    phase: str | None = Field(default=None, description="What the stage is doing (preparing, training, ingest, ...).")
-    documents: NonNegativeInt | None = Field(default=None, description="Documents processed (data stage).")
-    step: NonNegativeInt | None = Field(default=None, description="Optimizer steps done.")
-    total_steps: NonNegativeInt | None = Field(default=None, description="Optimizer steps planned.")
-    epoch: float | None = Field(default=None, description="Current epoch (fractional).")
-    loss: float | None = Field(default=None, description="Latest training loss.")
-    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
-    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
-    eta_seconds: float | None = Field(default=None, description="Estimated time left.")
-    percent: str | None = Field(default=None, description="step/total as a percentage, for printing.")
-    updated_at: str | None = Field(default=None, description="When the trainer last reported (RFC 3339).")
-
-
 class StatusBase(Spec):
     """Status fields every kind shares."""
 
@@ -203,6 +189,8 @@ class KindApi:
     info: KindInfo
     spec: type[Spec]
     status: type[StatusBase]
+    # What the kind's stage returns; its fields are status fields (the status model inherits it).
+    result: type[StageResult]
 
 
 __all__ = [

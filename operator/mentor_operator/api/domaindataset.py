@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mentor_trainer.config.data import DatasetOptions
-
-from mentor_trainer.config.common import Spec
+from mentor_trainer.config.data import DatasetOptions, DatasetResult
 
 from .common import JobSpecBase, KindApi, KindInfo, PrinterColumn, Resources, StatusBase, age_column, phase_column
 
@@ -20,22 +18,8 @@ class DomainDatasetSpec(JobSpecBase, DatasetOptions):
     )
 
 
-class DatasetStats(Spec):
-    """Counts copied from the dataset's manifest."""
-
-    documents_in: int | None = Field(default=None, description="Documents read.")
-    documents_kept: int | None = Field(default=None, description="Documents left after cleaning, dedup and filters.")
-    dropped_by_reason: dict[str, int] = Field(default_factory=dict, description="Dropped documents per reason.")
-    examples_per_split: dict[str, int] = Field(default_factory=dict, description="Examples in train/validation/test.")
-    tokens: int | None = Field(default=None, description="Tokens in the training split.")
-    kept: str | None = Field(default=None, description="kept/total documents, for printing.")
-
-
-class DomainDatasetStatus(StatusBase):
+class DomainDatasetStatus(StatusBase, DatasetResult):
     """Observed state of a DomainDataset."""
-
-    stats: DatasetStats = Field(default_factory=DatasetStats, description="Counts from the manifest.")
-    content_hash: str | None = Field(default=None, description="Hash of inputs and config; equal hash, equal data.")
 
 
 KIND = KindApi(
@@ -55,4 +39,5 @@ KIND = KindApi(
     ),
     spec=DomainDatasetSpec,
     status=DomainDatasetStatus,
+    result=DatasetResult,
 )

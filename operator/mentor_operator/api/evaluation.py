@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mentor_trainer.config.common import CelRule, ModelUri, Spec, exactly_one
-from mentor_trainer.config.evaluate import EvaluationOptions
+from mentor_trainer.config.common import CelRule, ModelUri, exactly_one
+from mentor_trainer.config.evaluate import EvaluationOptions, EvaluationResult
 
 from .common import (
     JobSpecBase,
@@ -45,29 +45,8 @@ class EvaluationSpec(JobSpecBase, EvaluationOptions):
     dataset_ref: ResourceRef = immutable("DomainDataset whose test split is used.", name="datasetRef")
 
 
-class MetricComparison(Spec):
-    """Candidate vs baseline on one metric."""
-
-    candidate: float | None = Field(default=None, description="Candidate's value.")
-    baseline: float | None = Field(default=None, description="Baseline's value.")
-    delta: float | None = Field(default=None, description="candidate - baseline.")
-    ratio: float | None = Field(default=None, description="candidate / baseline (e.g. perplexity relative to the base model).")
-    ci_low: float | None = Field(default=None, description="Lower end of the delta's confidence interval.")
-    ci_high: float | None = Field(default=None, description="Upper end of the delta's confidence interval.")
-    p_value: float | None = Field(default=None, description="Paired bootstrap p-value of the delta.")
-
-
-class EvaluationStatus(StatusBase):
+class EvaluationStatus(StatusBase, EvaluationResult):
     """Observed state of an Evaluation."""
-
-    passed: bool | None = Field(default=None, description="Whether every gate passed.")
-    failed_gates: list[str] = Field(default_factory=list, description="Gates that failed, as text.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Candidate metrics.")
-    comparison: dict[str, MetricComparison] = Field(default_factory=dict, description="Per-metric comparison.")
-    summary: str | None = Field(default=None, description="Key metric for printing, e.g. qa.f1=0.71 (+0.12).")
-    report_uri: str | None = Field(default=None, description="HTML report.")
-    model_uri: str | None = Field(default=None, description="Model that was evaluated.")
-    calibrated_temperature: float | None = Field(default=None, description="Temperature minimising calibration error.")
 
 
 KIND = KindApi(
@@ -87,4 +66,5 @@ KIND = KindApi(
     ),
     spec=EvaluationSpec,
     status=EvaluationStatus,
+    result=EvaluationResult,
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mentor_trainer.config.common import ModelUri, Spec
-from mentor_trainer.config.sft import FineTuneOptions
+from mentor_trainer.config.common import ModelUri
+from mentor_trainer.config.sft import FineTuneOptions, TrainingResult
 
 from .common import (
     JobSpecBase,
@@ -27,19 +27,8 @@ class FineTuneJobSpec(JobSpecBase, FineTuneOptions):
     dataset_ref: ResourceRef = immutable("DomainDataset to train on.", name="datasetRef")
 
 
-class TrainingResult(Spec):
-    """Outputs of a finished training run."""
-
-    model_uri: str | None = Field(default=None, description="The trained model (merged when asked, else the adapter).")
-    adapter_uri: str | None = Field(default=None, description="The adapter alone (adapter methods).")
-    mlflow_run_id: str | None = Field(default=None, description="MLflow run of the job.")
-    registered_model: str | None = Field(default=None, description="mlflow://models/<name>/<version> when registered.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics (train/eval loss, perplexity).")
-
-
 class TrainingStatus(StatusBase, TrainingResult):
     """Observed state of a training job."""
-
 
 
 def training_columns() -> list[PrinterColumn]:
@@ -65,4 +54,5 @@ KIND = KindApi(
     ),
     spec=FineTuneJobSpec,
     status=TrainingStatus,
+    result=TrainingResult,
 )

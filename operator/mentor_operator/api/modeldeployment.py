@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mentor_trainer.config.common import CelRule, ModelUri, Spec, exactly_one
-from mentor_trainer.config.deploy import ServingOptions
+from mentor_trainer.config.deploy import ExportResult, ServingOptions
 
 from .common import (
     JobSpecBase,
@@ -54,11 +54,10 @@ class DriftStatus(Spec):
     last_retrain_time: str | None = Field(default=None, description="When the last retraining started.")
 
 
-class ModelDeploymentStatus(StatusBase):
+class ModelDeploymentStatus(StatusBase, ExportResult):
     """Observed state of a ModelDeployment."""
 
     url: str | None = Field(default=None, description="URL of the InferenceService.")
-    model_uri: str | None = Field(default=None, description="Model being served.")
     canary_model_uri: str | None = Field(default=None, description="Model receiving canary traffic.")
     drift: DriftStatus = Field(default_factory=DriftStatus, description="Drift monitoring.")
 
@@ -81,4 +80,5 @@ KIND = KindApi(
     ),
     spec=ModelDeploymentSpec,
     status=ModelDeploymentStatus,
+    result=ExportResult,
 )

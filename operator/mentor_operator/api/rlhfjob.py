@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mentor_trainer.config.common import ModelUri, exactly_one
 from mentor_trainer.config.rlhf import RLHFOptions
+from mentor_trainer.config.sft import TrainingResult
 from .common import JobSpecBase, KindApi, KindInfo, ModelRef, PrinterColumn, ResourceRef, immutable
 from .finetunejob import TrainingStatus, training_columns
 
@@ -34,4 +35,5 @@ KIND = KindApi(
     ),
     spec=RLHFJobSpec,
     status=TrainingStatus,
+    result=TrainingResult,
 )

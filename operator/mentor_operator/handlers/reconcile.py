@@ -212,7 +212,7 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
         else:
             result = parse_result(termination[1]) if termination else {}
             out = changes.get("outputUri") or (body.get("status") or {}).get("outputUri")
-            changes.update(result_status(kind, result, out, changes["conditions"], meta.get("generation")))
+            changes.update(result_status(KINDS[kind], result, out, changes["conditions"], meta.get("generation")))
             event = ("Warning", "GatesFailed") if result.get("passed") is False else ("Normal", "StageSucceeded")
     _write_status(ctx, body, changes, event)
     if runner is not None:

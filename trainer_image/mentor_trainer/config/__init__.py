@@ -1,11 +1,11 @@
 """Stage configs: light pydantic models shared by the trainer and the operator."""
 
-from .common import CelRule, Spec, StageRuntime
-from .data import DataStageConfig, DatasetOptions
-from .deploy import DriftStageConfig, ExportStageConfig, ServeStageConfig, ServingOptions
-from .evaluate import METRICS, EvaluateStageConfig, EvaluationOptions
+from .common import CelRule, Progress, Spec, StageResult, StageRuntime
+from .data import DatasetResult, DataStageConfig, DatasetOptions
+from .deploy import DriftStageConfig, ExportResult, ExportStageConfig, ServeStageConfig, ServingOptions
+from .evaluate import METRICS, EvaluateStageConfig, EvaluationOptions, EvaluationResult
 from .rlhf import RLHFOptions, RLHFStageConfig
-from .sft import FineTuneOptions, SftStageConfig
+from .sft import FineTuneOptions, SftStageConfig, TrainingResult
 
 # `mentor-trainer <stage>` -> the config model that stage reads.
 STAGE_CONFIGS: dict[str, type[StageRuntime]] = {
@@ -21,12 +21,16 @@ STAGE_CONFIGS: dict[str, type[StageRuntime]] = {
 __all__ = [
     "CelRule",
     "DataStageConfig",
+    "DatasetResult",
     "DatasetOptions",
     "DriftStageConfig",
     "EvaluateStageConfig",
     "EvaluationOptions",
+    "EvaluationResult",
+    "ExportResult",
     "ExportStageConfig",
     "FineTuneOptions",
+    "Progress",
     "METRICS",
     "RLHFOptions",
     "RLHFStageConfig",
@@ -35,5 +39,7 @@ __all__ = [
     "ServingOptions",
     "SftStageConfig",
     "Spec",
+    "StageResult",
     "StageRuntime",
+    "TrainingResult",
 ]

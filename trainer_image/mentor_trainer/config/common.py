@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.alias_generators import to_camel
@@ -273,3 +273,51 @@ class StageRuntime(Spec):
     progress_file: str | None = Field(
         default=None, description="Where the stage writes live progress as JSON (read by the operator or the local runner)."
     )
+
+
+class Progress(Spec):
+    """Live progress, reported by a stage while it runs: written to its progress file and
+    merge-patched into the resource's status.progress."""
+
+    phase: str | None = Field(default=None, description="What the stage is doing (preparing, training, ingest, ...).")
+    documents: NonNegativeInt | None = Field(default=None, description="Documents processed (data stage).")
+    chunks: NonNegativeInt | None = Field(default=None, description="Chunks processed (data stage: synthesis, index).")
+    reused: bool | None = Field(default=None, description="The stage found identical outputs and reused them.")
+    step: NonNegativeInt | None = Field(default=None, description="Optimizer steps (or evaluation suites) done.")
+    total_steps: NonNegativeInt | None = Field(default=None, description="Optimizer steps (or evaluation suites) planned.")
+    epoch: float | None = Field(default=None, description="Current epoch (fractional).")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
+    eta_seconds: float | None = Field(default=None, description="Estimated time left.")
+    percent: str | None = Field(default=None, description="step/total as a percentage, for printing.")
+    updated_at: str | None = Field(default=None, description="When the stage last reported (RFC 3339).")
+
+
+class Verdict(NamedTuple):
+    """A judgement a stage's result carries (an Evaluation's gates): becomes a condition."""
+
+    passed: bool
+    reason: str
+    message: str
+
+
+class StageResult(Spec):
+    """Base of what a stage's `main(config)` returns. The CLI writes it as the container's
+    termination message and the kind's status model inherits it, so a result field is
+    declared once and reaches `kubectl get` by itself."""
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "StageResult":
+        """The result a stage reported; top-level keys this version does not know (a newer
+        trainer image) are left out rather than failing the status."""
+        known = {field.alias or name for name, field in cls.model_fields.items()}
+        return cls.model_validate({key: value for key, value in data.items() if key in known})
+
+    def with_defaults(self, output_uri: str | None) -> "StageResult":
+        """The result with conventional output locations filled in where it said nothing."""
+        return self
+
+    def verdict(self) -> Verdict | None:
+        """The stage's pass/fail judgement, if it makes one."""
+        return None

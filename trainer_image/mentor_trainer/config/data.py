@@ -14,6 +14,7 @@ from .common import (
     NonNegativeInt,
     PositiveInt,
     Spec,
+    StageResult,
     StageRuntime,
     StorageUri,
     exactly_one,
@@ -236,3 +237,22 @@ class DatasetOptions(Spec):
 
 class DataStageConfig(StageRuntime, DatasetOptions):
     """The rendered config `mentor-trainer data` reads."""
+
+
+class DatasetStats(Spec):
+    """Counts copied from the dataset's manifest."""
+
+    documents_in: int | None = Field(default=None, description="Documents read.")
+    documents_kept: int | None = Field(default=None, description="Documents left after cleaning, dedup and filters.")
+    dropped_by_reason: dict[str, int] = Field(default_factory=dict, description="Dropped documents per reason.")
+    examples_per_split: dict[str, int] = Field(default_factory=dict, description="Examples in train/validation/test.")
+    tokens: int | None = Field(default=None, description="Tokens in the training split.")
+    kept: str | None = Field(default=None, description="kept/total documents, for printing.")
+
+
+class DatasetResult(StageResult):
+    """Outcome of `mentor-trainer data`: where the dataset is and what it holds."""
+
+    output_uri: str | None = Field(default=None, description="Where outputs are written.")
+    content_hash: str | None = Field(default=None, description="Hash of inputs and config; equal hash, equal data.")
+    stats: DatasetStats = Field(default_factory=DatasetStats, description="Counts from the manifest.")

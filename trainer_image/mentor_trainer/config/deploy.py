@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import CelRule, Fraction, ModelUri, NonNegativeInt, PositiveInt, Spec, StageRuntime, StorageUri
+from .common import CelRule, Fraction, ModelUri, NonNegativeInt, PositiveInt, Spec, StageResult, StageRuntime, StorageUri
 
 Runtime = Literal["mentor", "huggingface", "vllm", "triton"]
 
@@ -128,3 +128,9 @@ class DriftStageConfig(StageRuntime):
     drift: Drift = Field(description="Drift settings.")
     payload_log_uri: StorageUri = Field(description="Logged traffic.")
     reference_uri: StorageUri = Field(description="Reference data.")
+
+
+class ExportResult(StageResult):
+    """Outcome of `mentor-trainer export`: the servable artefact."""
+
+    model_uri: str | None = Field(default=None, description="Model being served.")

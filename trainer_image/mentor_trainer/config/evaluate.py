@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import CelRule, Endpoint, Fraction, ModelUri, PositiveInt, Spec, StageRuntime, StorageUri
+from .common import CelRule, Endpoint, Fraction, ModelUri, PositiveInt, Spec, StageResult, StageRuntime, StorageUri, Verdict
 
 Suite = Literal[
     "perplexity",
@@ -143,3 +143,35 @@ class EvaluateStageConfig(StageRuntime, EvaluationOptions):
     baseline_uri: ModelUri | None = Field(default=None, description="Baseline model for comparison.")
     dataset_uri: StorageUri = Field(description="Output URI of the DomainDataset with the test split.")
     training_run_id: str | None = Field(default=None, description="MLflow run of the training job, for loss curves.")
+
+
+class MetricComparison(Spec):
+    """Candidate vs baseline on one metric."""
+
+    candidate: float | None = Field(default=None, description="Candidate's value.")
+    baseline: float | None = Field(default=None, description="Baseline's value.")
+    delta: float | None = Field(default=None, description="candidate - baseline.")
+    ratio: float | None = Field(default=None, description="candidate / baseline (e.g. perplexity relative to the base model).")
+    ci_low: float | None = Field(default=None, description="Lower end of the delta's confidence interval.")
+    ci_high: float | None = Field(default=None, description="Upper end of the delta's confidence interval.")
+    p_value: float | None = Field(default=None, description="Paired bootstrap p-value of the delta.")
+
+
+class EvaluationResult(StageResult):
+    """Outcome of `mentor-trainer evaluate`: metrics, comparison and the gates' verdict."""
+
+    passed: bool | None = Field(default=None, description="Whether every gate passed.")
+    failed_gates: list[str] = Field(default_factory=list, description="Gates that failed, as text.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Candidate metrics.")
+    comparison: dict[str, MetricComparison] = Field(default_factory=dict, description="Per-metric comparison.")
+    summary: str | None = Field(default=None, description="Key metric for printing, e.g. qa.f1=0.71 (+0.12).")
+    report_uri: str | None = Field(default=None, description="HTML report.")
+    model_uri: str | None = Field(default=None, description="Model that was evaluated.")
+    calibrated_temperature: float | None = Field(default=None, description="Temperature minimising calibration error.")
+
+    def verdict(self) -> Verdict | None:
+        if self.passed is None:
+            return None
+        if self.passed:
+            return Verdict(True, "GatesPassed", "every gate passed")
+        return Verdict(False, "GatesFailed", "gates failed: " + "; ".join(self.failed_gates))

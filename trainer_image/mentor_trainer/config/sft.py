@@ -15,6 +15,7 @@ from .common import (
     NonNegativeInt,
     PositiveInt,
     Spec,
+    StageResult,
     StageRuntime,
     StorageUri,
 )
@@ -196,3 +197,18 @@ class SftStageConfig(StageRuntime, FineTuneOptions):
 
     base_model: ModelUri = Field(description="Model to fine-tune.")
     dataset_uri: StorageUri = Field(description="Output URI of the DomainDataset.")
+
+
+class TrainingResult(StageResult):
+    """Outputs of a finished training run (`mentor-trainer sft` and `rlhf`)."""
+
+    model_uri: str | None = Field(default=None, description="The trained model (merged when asked, else the adapter).")
+    adapter_uri: str | None = Field(default=None, description="The adapter alone (adapter methods).")
+    mlflow_run_id: str | None = Field(default=None, description="MLflow run of the job.")
+    registered_model: str | None = Field(default=None, description="mlflow://models/<name>/<version> when registered.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics (train/eval loss, perplexity).")
+
+    def with_defaults(self, output_uri: str | None) -> "TrainingResult":
+        if self.model_uri or not output_uri:
+            return self
+        return self.model_copy(update={"model_uri": f"{output_uri.rstrip('/')}/model/"})

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import storage
+from ..config.data import DatasetResult, DatasetStats, DataStageConfig
 from ..errors import StageError
 from ..models import resolve_model
 from ..models import tokenizer_fingerprint as model_tokenizer_fingerprint
@@ -193,13 +194,13 @@ class DataStage:
         self.timings[name] = round(time.monotonic() - start, 3)
 
     # -- main --------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> DatasetResult:
         try:
             return self._run()
         finally:
             self.progress.close()
 
-    def _run(self) -> dict:
+    def _run(self) -> DatasetResult:
         config = self.config
         if config.difficulty.method == "perplexity" and not config.difficulty.model_uri:
             raise StageError("difficulty.method perplexity needs difficulty.modelUri (the base model that scores each example)")
@@ -226,7 +227,7 @@ class DataStage:
             if marker and marker.get("contentHash") == self.hash and isinstance(marker.get("result"), dict):
                 log.info("%s already holds this dataset (content hash %s): nothing to do", config.output_uri, self.hash[:12])
                 self.progress.update(force=True, phase="done", reused=True)
-                return marker["result"]
+                return DatasetResult.from_wire(marker["result"])
 
             if config.tokenizer:
                 self.tokenizer = load_tokenizer(config.tokenizer, work, tokenizer_model)
@@ -245,7 +246,7 @@ class DataStage:
             with storage.publish(config.output_uri, marker_metadata) as staging:
                 result = self.build(final, keys, staging)
                 # the result travels in the commit marker too: a re-run answers from it alone
-                marker_metadata["result"] = result
+                marker_metadata["result"] = result.to_wire()
             self.progress.update(force=True, phase="done")
             return result
 
@@ -561,7 +562,7 @@ class DataStage:
             log.warning("synthesis: %d teacher requests failed (%s)", stats["failures"], stats["skippedByReason"])
         return stats
 
-    def build(self, final: Spool, keys: dict[str, set[str]], staging: Path) -> dict:
+    def build(self, final: Spool, keys: dict[str, set[str]], staging: Path) -> DatasetResult:
         from .index import IndexBuilder
         from .mixture import Mixer, mixing_requested
 
@@ -715,12 +716,12 @@ class DataStage:
             "timingsSeconds": self.timings,
             "notImplemented": self.not_implemented(),
         }
-        result = {"outputUri": config.output_uri, "contentHash": self.hash, "stats": self._compact(stats)}
+        result = DatasetResult(output_uri=config.output_uri, content_hash=self.hash, stats=DatasetStats.model_validate(self._compact(stats)))
         log.info(
             "kept %d of %d documents; examples %s; %d tokens; dropped %s",
             kept, self.documents_in, examples_per_split, tokens_total, stats["droppedByReason"] or "none",
         )
-        manifest["result"] = result
+        manifest["result"] = result.to_wire()
         write_json(staging / "manifest.json", manifest)
         (staging / "README.md").write_text(dataset_card(manifest))
         os.replace(self.work / "inputs.jsonl", staging / "inputs.jsonl")
@@ -744,7 +745,7 @@ class DataStage:
         return stats
 
 
-def run(config) -> dict:
-    """Run the data stage for a validated DataStageConfig; returns the stage result."""
+def run(config: DataStageConfig) -> DatasetResult:
+    """Run the data stage for a validated config; returns the stage result."""
     stage = DataStage(config)
     return stage.run()

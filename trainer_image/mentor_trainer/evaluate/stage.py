@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from .. import storage
+from ..config.evaluate import EvaluateStageConfig, EvaluationResult
 from ..errors import StageError
 from ..progress import ProgressReporter, utc_now
 from ..tracking import Tracker
@@ -24,7 +25,7 @@ MAX_RESULT_BYTES = 3800  # the termination message keeps 4096 bytes
 SUMMARY_METRICS = ("qa.f1", "ppl.domain", "mc.accuracy", "judge.score")  # printed when no gate names one
 
 
-def main(config) -> dict:
+def main(config: EvaluateStageConfig) -> EvaluationResult:
     with ProgressReporter.for_stage(config.progress_file) as progress:
         return Evaluation(config, progress).run()
 
@@ -34,7 +35,7 @@ class Evaluation:
         self.config = config
         self.progress = progress
 
-    def run(self) -> dict:
+    def run(self) -> EvaluationResult:
         config = self.config
         self.progress.update(force=True, phase="loading data")
         data = load_eval_data(config)
@@ -81,6 +82,7 @@ class Evaluation:
             write_examples(staging / "examples.parquet", candidate, baseline)
         self._track(document, html)
         result = {
+            "modelUri": config.model_uri,
             "passed": not failed,
             "failedGates": failed,
             "metrics": {k: round(v, 6) for k, v in metrics.items() if math.isfinite(v)},
@@ -94,7 +96,7 @@ class Evaluation:
         if not_finite:
             log.warning("metrics that are not finite numbers (left out of status): %s", ", ".join(not_finite))
         self.progress.update(force=True, phase="done")
-        return fit_termination_message(result, {g.metric for g in config.gates})
+        return EvaluationResult.model_validate(fit_termination_message(result, {g.metric for g in config.gates}))
 
     # ------------------------------------------------------------------ steps
 
@@ -126,7 +128,7 @@ class Evaluation:
         suites = self.config.suites
 
         def report(suite: str) -> None:
-            self.progress.update(force=True, phase=f"{role}: {suite}", step=suites.index(suite), totalSteps=len(suites))
+            self.progress.update(force=True, phase=f"{role}: {suite}", step=suites.index(suite), total_steps=len(suites))
 
         try:
             return SuiteRunner(self.config, data, shared, lm, report).run()

@@ -1,6 +1,6 @@
 """`mentor-trainer sft`: supervised fine-tuning / continued pre-training with TRL's SFTTrainer.
 
-main(config) -> {"modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"}
+main(config: SftStageConfig) -> TrainingResult (model, adapter, MLflow run, registered model, metrics)
 
 1. Fail fast on what cannot work (qlora without CUDA, missing model, no chat template,
    max_seq_length beyond the model's context, no examples).
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import storage
+from ..config.sft import SftStageConfig, TrainingResult
 from ..errors import StageError
 from ..progress import ProgressReporter
 from ..tracking import Tracker, trainer_callback
@@ -102,8 +103,8 @@ def weights_dtype(method: str, dtype):
 def progress_callback(reporter: ProgressReporter, tokens_fn):
     from transformers import TrainerCallback
 
-    class Progress(TrainerCallback):
-        """Reports {step, totalSteps, epoch, loss, evalLoss, tokensPerSecond, etaSeconds} on each log."""
+    class ProgressCallback(TrainerCallback):
+        """Reports step, total_steps, epoch, loss, eval_loss, tokens_per_second and eta_seconds on each log."""
 
         def __init__(self) -> None:
             self.started = None
@@ -114,7 +115,7 @@ def progress_callback(reporter: ProgressReporter, tokens_fn):
             self.started = time.time()
             self.start_step = state.global_step
             self.start_tokens = tokens_fn(state)
-            reporter.update(force=True, phase="training", step=state.global_step, totalSteps=state.max_steps)
+            reporter.update(force=True, phase="training", step=state.global_step, total_steps=state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -122,25 +123,25 @@ def progress_callback(reporter: ProgressReporter, tokens_fn):
             if "loss" in logs:
                 fields["loss"] = round(float(logs["loss"]), 6)
             if "eval_loss" in logs:
-                fields["evalLoss"] = round(float(logs["eval_loss"]), 6)
+                fields["eval_loss"] = round(float(logs["eval_loss"]), 6)
             elapsed = max(time.time() - (self.started or time.time()), 1e-6)
             done = state.global_step - self.start_step
             tokens = tokens_fn(state) - self.start_tokens
             eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
             reporter.update(
                 step=state.global_step,
-                totalSteps=state.max_steps,
+                total_steps=state.max_steps,
                 epoch=round(state.epoch or 0.0, 4),
-                tokensPerSecond=round(tokens / elapsed, 1) if tokens else None,
-                etaSeconds=round(eta, 1) if eta is not None else None,
+                tokens_per_second=round(tokens / elapsed, 1) if tokens else None,
+                eta_seconds=round(eta, 1) if eta is not None else None,
                 percent=f"{100 * state.global_step / max(state.max_steps, 1):.0f}%",
                 **fields,
             )
 
         def on_train_end(self, args, state, control, **kwargs):
-            reporter.update(force=True, phase="saving", step=state.global_step, etaSeconds=0)
+            reporter.update(force=True, phase="saving", step=state.global_step, eta_seconds=0)
 
-    return Progress()
+    return ProgressCallback()
 
 
 def nan_guard_callback(learning_rate: float, precision: str):
@@ -601,7 +602,7 @@ def _perplexity(loss: float) -> float:
     return float(math.exp(min(loss, 50.0)))
 
 
-def model_card(job: Job, metrics: dict, result: dict) -> str:
+def model_card(job: Job, metrics: dict, result: TrainingResult) -> str:
     c = job.config
     hp = c.hyperparameters
     lines = [
@@ -627,46 +628,48 @@ def model_card(job: Job, metrics: dict, result: dict) -> str:
     ]
     lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
     lines += ["", "## Files", ""]
-    for key in ("modelUri", "adapterUri"):
-        if result.get(key):
-            lines.append(f"- {key}: `{result[key]}`")
+    for key, uri in (("modelUri", result.model_uri), ("adapterUri", result.adapter_uri)):
+        if uri:
+            lines.append(f"- {key}: `{uri}`")
     lines.append("")
     return "\n".join(lines)
 
 
-def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> dict:
+def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> TrainingResult:
     config = job.config
     out = storage.parse(config.output_uri)
     model = job.trainer.model
-    result: dict[str, Any] = {"modelUri": None, "adapterUri": None, "mlflowRunId": tracker.run_id, "registeredModel": None}
+    rounded = {k: round(v, 6) for k, v in metrics.items()}
     if not job.trainer.is_world_process_zero():
-        return {**result, "metrics": {k: round(v, 6) for k, v in metrics.items()}}  # rank 0 writes
+        return TrainingResult(mlflow_run_id=tracker.run_id, metrics=rounded)  # rank 0 writes
+    adapter_uri = None
     if config.method in ADAPTER_METHODS:
         adapter = out.join("adapter")
         with storage.publish(adapter, {"kind": "adapter", "base": config.base_model}) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             job.tokenizer.save_pretrained(staging)
-        result["adapterUri"] = str(adapter) + "/"
+        adapter_uri = model_uri = str(adapter) + "/"
         if config.output.merge_adapter:
             merged = _merged_model(job, staging_adapter=adapter)
             with storage.publish(out.join("model"), {"kind": "model", "base": config.base_model}) as staging:
                 merged.save_pretrained(staging, safe_serialization=True)
                 job.tokenizer.save_pretrained(staging)
-            result["modelUri"] = str(out.join("model")) + "/"
-        else:
-            result["modelUri"] = result["adapterUri"]
+            model_uri = str(out.join("model")) + "/"
     else:
         with storage.publish(out.join("model"), {"kind": "model", "base": config.base_model}) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             job.tokenizer.save_pretrained(staging)
-        result["modelUri"] = str(out.join("model")) + "/"
+        model_uri = str(out.join("model")) + "/"
+    registered = None
     if config.tracking.registered_model_name and tracker.enabled:
-        result["registeredModel"] = tracker.register(config.tracking.registered_model_name, result["modelUri"])
-    result["metrics"] = {k: round(v, 6) for k, v in metrics.items()}
+        registered = tracker.register(config.tracking.registered_model_name, model_uri)
+    result = TrainingResult(
+        model_uri=model_uri, adapter_uri=adapter_uri, mlflow_run_id=tracker.run_id, registered_model=registered, metrics=rounded
+    )
     card = model_card(job, metrics, result)
     storage.write_text(out.join("README.md"), card)
     full = {
-        **result,
+        **result.model_dump(mode="json", by_alias=True),
         "method": config.method,
         "device": job.device,
         "precision": job.precision,
@@ -696,16 +699,16 @@ def _merged_model(job: Job, staging_adapter: storage.Uri):
         return PeftModel.from_pretrained(base, tmp).merge_and_unload()
 
 
-def run(config, callbacks: tuple = ()) -> dict:
+def run(config: SftStageConfig, callbacks: tuple = ()) -> TrainingResult:
     """main() with extra TrainerCallbacks (tests use them to interrupt a run)."""
     with ProgressReporter.for_stage(config.progress_file) as reporter:
         reporter.update(force=True, phase="preparing")
         result = _run(config, prepare(config, callbacks, reporter))
-        reporter.update(force=True, phase="done", etaSeconds=0)
+        reporter.update(force=True, phase="done", eta_seconds=0)
         return result
 
 
-def _run(config, job: Job) -> dict:
+def _run(config: SftStageConfig, job: Job) -> TrainingResult:
     tracker = Tracker(config)
     tags = {
         "mentor.kind": config.run.kind,
@@ -739,5 +742,5 @@ def _flat_params(config) -> dict:
     return flat
 
 
-def main(config) -> dict:
+def main(config: SftStageConfig) -> TrainingResult:
     return run(config)
