@@ -120,7 +120,7 @@ def test_dora_auto_and_pretrain_run(tiny, dataset, tmp_path):
     dora = run(make_config(tiny, dataset, tmp_path / "dora", method="dora", hyperparameters={"maxSteps": 3}))
     weights = (tmp_path / "dora" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert b"lora_magnitude_vector" in weights  # DoRA, not plain LoRA
-    assert dora["metrics"]["steps"] == 3
+    assert dora.metrics["steps"] == 3
 
     run(make_config(tiny, dataset, tmp_path / "auto", method="auto", autoLayers={"topK": 2, "sampleExamples": 8}, hyperparameters={"maxSteps": 3}))
     saved = json.loads((tmp_path / "auto" / "result.json").read_text())
@@ -129,7 +129,7 @@ def test_dora_auto_and_pretrain_run(tiny, dataset, tmp_path):
     pretrain = run(
         make_config(tiny, dataset, tmp_path / "pt", method="full", data={"task": "pretrain"}, hyperparameters={"maxSteps": 3})
     )
-    assert pretrain["metrics"]["eval_loss"] < pretrain["metrics"]["base_eval_loss"]
+    assert pretrain.metrics["eval_loss"] < pretrain.metrics["base_eval_loss"]
 
 
 # --------------------------------------------------------------------------------------
@@ -234,9 +234,9 @@ def test_killed_run_resumes_from_last_checkpoint(tiny, dataset, tmp_path):
     assert steps[0] == 4 and steps[-1] == 7  # steps 5..8 only
     saved = json.loads((output / "result.json").read_text())
     assert saved["resumedFrom"] == "checkpoint-4"
-    assert resumed["metrics"]["steps"] == 8
+    assert resumed.metrics["steps"] == 8
     # same optimizer state, schedule and data position: the same model as the uninterrupted run
-    assert resumed["metrics"]["eval_loss"] == pytest.approx(reference["metrics"]["eval_loss"], abs=1e-3)
+    assert resumed.metrics["eval_loss"] == pytest.approx(reference.metrics["eval_loss"], abs=1e-3)
 
     # an edited spec on the same output does not resume from the old run's checkpoints
     steps.clear()
