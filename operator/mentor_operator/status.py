@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from mentor_trainer.timestamps import utc_now
 from pydantic import ValidationError
 
 from .api import KindApi
@@ -18,7 +18,7 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_now()
 
 
 def set_condition(

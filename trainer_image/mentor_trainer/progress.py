@@ -27,16 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from .config.common import Progress
+from .timestamps import utc_now
 
 log = logging.getLogger("mentor.progress")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REPORT_INTERVAL_SECONDS = 10.0
 FILE_INTERVAL_SECONDS = 1.0
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass(frozen=True)

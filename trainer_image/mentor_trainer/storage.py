@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .errors import StageError
+from .timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +479,7 @@ def _marker_payload(staging: Path, metadata: dict | None) -> bytes:
     for path in sorted(staging.rglob("*")):
         if path.is_file() and path.name != SUCCESS_MARKER:
             files[path.relative_to(staging).as_posix()] = path.stat().st_size
-    payload = {"files": files, "committedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload = {"files": files, "committedAt": utc_now()}
     payload.update(metadata or {})
     return json.dumps(payload, indent=2, sort_keys=True).encode()
 

@@ -13,7 +13,8 @@ from typing import Any
 from .. import storage
 from ..config.evaluate import EvaluateStageConfig, EvaluationResult
 from ..errors import StageError
-from ..progress import ProgressReporter, utc_now
+from ..progress import ProgressReporter
+from ..timestamps import utc_now
 from ..tracking import Tracker
 from .examples import EvalData, load_eval_data
 from .stats import Comparison, evaluate_gates, gate_text, paired_bootstrap, paired_bootstrap_ratio
