@@ -1,41 +1,36 @@
 """Synthetic QA, chain-of-thought answers and preference pairs from a teacher model.
 
 The teacher is any OpenAI-compatible chat-completions endpoint (``spec.synthesis.teacher``),
-called with the ``openai`` client. For every chunk it is asked for ``questionsPerChunk``
-question-answer pairs as JSON (with a ``reasoning`` field when ``chainOfThought``). Replies
-are parsed leniently (code fences, a leading ``<think>`` block, an object wrapping the list);
-what still does not parse, and pairs without a question or an answer, are skipped and counted
-as ``synthesis-invalid``. Failed requests are counted by reason (``synthesis-unreachable``,
-``synthesis-timeout``, ``synthesis-http-error``). When the endpoint refuses the first
-requests and has never answered, the remaining chunks are not sent (counted as
-``synthesis-unreachable``): a dead teacher costs seconds, not one timeout per chunk.
+called through :class:`~mentor_trainer.llm_client.ChatClient`. For every chunk it is asked
+for ``questionsPerChunk`` question-answer pairs as JSON (with a ``reasoning`` field when
+``chainOfThought``). Replies are parsed leniently (code fences, a leading ``<think>`` block,
+an object wrapping the list); what still does not parse, and pairs without a question or an
+answer, are skipped and counted as ``synthesis-invalid``. Failed requests are counted by
+reason (``synthesis-unreachable``, ``synthesis-timeout``, ``synthesis-http-error``). When the
+endpoint refuses the first requests and has never answered, the remaining chunks are not sent
+(counted as ``synthesis-unreachable``; see :class:`~mentor_trainer.llm_client.CircuitBreaker`).
 
 Preference pairs: the teacher's answer (with the passage) is ``chosen``; a draft — the
 teacher asked at a high temperature to answer in one short sentence, without the passage —
 is ``rejected``; when the draft fails or equals the answer, a truncated answer is used.
-
-The API key comes from the environment variable ``SecretKeyRef.env_name`` of
-``apiKeySecret`` (the operator maps the Secret's key into it); without a secret no key is sent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ..llm_client import ChatClient, CircuitBreaker, failure_reason, json_candidates, strip_thinking
+
 log = logging.getLogger(__name__)
 
 ANSWER_TEMPERATURE = 0.7
 DRAFT_TEMPERATURE = 1.2
-MAX_ANSWER_TOKENS = 2048
-BREAKER_FAILURES = 3  # consecutive connection failures, with no success yet, that stop synthesis
 PASSAGE_START = "<<<PASSAGE"
 PASSAGE_END = "PASSAGE>>>"
 
@@ -67,25 +62,11 @@ def draft_prompt(question: str) -> str:
 # --------------------------------------------------------------------------------------
 # Parsing
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-_THINK = re.compile(r"^\s*<think>.*?</think>", re.S)  # a reasoning model's leading thinking
-
-
-def _json_candidates(text: str) -> Iterator[str]:
-    text = _THINK.sub("", text).strip()
-    for match in _FENCE.finditer(text):
-        yield match.group(1).strip()
-    yield text
-    for opener, closer in (("[", "]"), ("{", "}")):
-        start, end = text.find(opener), text.rfind(closer)
-        if 0 <= start < end:
-            yield text[start : end + 1]
-
 
 def parse_pairs(text: str, chain_of_thought: bool) -> tuple[list[dict], int]:
     """(valid pairs, invalid count) from a teacher reply. A reply that is not JSON counts once."""
     data = None
-    for candidate in _json_candidates(text or ""):
+    for candidate in json_candidates(text or ""):
         try:
             data = json.loads(candidate)
             break
@@ -141,66 +122,22 @@ class ChunkResult:
         self.failures[reason] = self.failures.get(reason, 0) + n
 
 
-class Teacher:
-    """An OpenAI-compatible chat endpoint with a request timeout and no silent retries."""
-
-    def __init__(self, endpoint) -> None:
-        from openai import OpenAI
-
-        self.url = str(endpoint.url)
-        self.model = endpoint.model
-        key = None
-        if endpoint.api_key_secret is not None:
-            key = os.environ.get(endpoint.api_key_secret.env_name)
-        self.client = OpenAI(
-            base_url=self.url, api_key=key or "none", timeout=float(endpoint.timeout_seconds), max_retries=1
-        )
-
-    def chat(self, prompt: str, temperature: float, system: str | None = SYSTEM_PROMPT) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        response = self.client.chat.completions.create(
-            model=self.model, messages=messages, temperature=temperature, max_tokens=MAX_ANSWER_TOKENS
-        )
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
-
-
-def failure_reason(error: Exception) -> str:
-    import openai
-
-    if isinstance(error, openai.APITimeoutError):
-        return "synthesis-timeout"
-    if isinstance(error, openai.APIConnectionError):
-        return "synthesis-unreachable"
-    if isinstance(error, openai.APIStatusError):
-        return "synthesis-http-error"
-    return "synthesis-invalid"  # a reply the client could not even decode
-
-
 class Synthesizer:
     """Runs the teacher over chunks with bounded concurrency; results come back in chunk order."""
 
-    def __init__(self, options, teacher: Teacher | None = None) -> None:
+    def __init__(self, options) -> None:
         self.options = options
-        self.teacher = teacher or Teacher(options.teacher)
+        self.teacher = ChatClient(options.teacher)
         self.concurrency = options.teacher.max_concurrency
-        self.lock = threading.Lock()
-        self.successes = 0
-        self.connection_failures = 0
-        self.stopped = False
-        self.last_error = ""
+        self.breaker = CircuitBreaker()
 
-    def _connection(self, ok: bool, error: Exception | None = None) -> None:
-        with self.lock:
-            if ok:
-                self.successes += 1
-                self.connection_failures = 0
-                return
-            self.connection_failures += 1
-            self.last_error = f"{type(error).__name__}: {str(error)[:200]}"
-            if self.successes == 0 and self.connection_failures >= BREAKER_FAILURES:
-                self.stopped = True
+    @property
+    def stopped(self) -> bool:
+        return self.breaker.open
+
+    @property
+    def last_error(self) -> str:
+        return self.breaker.last_error
 
     def _one(self, chunk: dict) -> ChunkResult:
         options = self.options
@@ -209,14 +146,13 @@ class Synthesizer:
             result.fail("synthesis-unreachable")
             return result
         try:
-            reply = self.teacher.chat(qa_prompt(chunk["text"], options.questions_per_chunk, options.chain_of_thought), ANSWER_TEMPERATURE)
+            prompt = qa_prompt(chunk["text"], options.questions_per_chunk, options.chain_of_thought)
+            reply = self.teacher.chat(prompt, ANSWER_TEMPERATURE, system=SYSTEM_PROMPT)
         except Exception as error:  # noqa: BLE001 - counted by reason
-            reason = failure_reason(error)
-            # only a teacher that cannot be reached (or never answers in time) trips the breaker
-            self._connection(reason not in ("synthesis-unreachable", "synthesis-timeout"), error)
-            result.fail(reason)
+            self.breaker.record(error)
+            result.fail(f"synthesis-{failure_reason(error)}")
             return result
-        self._connection(True)
+        self.breaker.record()
         pairs, invalid = parse_pairs(reply, options.chain_of_thought)
         if invalid:
             result.fail("synthesis-invalid", invalid)
@@ -226,7 +162,7 @@ class Synthesizer:
                 draft = ""
                 if not self.stopped:
                     try:
-                        draft = _THINK.sub("", self.teacher.chat(draft_prompt(pair["question"]), DRAFT_TEMPERATURE, system=None)).strip()
+                        draft = strip_thinking(self.teacher.chat(draft_prompt(pair["question"]), DRAFT_TEMPERATURE))
                     except Exception as error:  # noqa: BLE001 - the fallback is a truncated answer
                         log.debug("draft for %r failed: %s", pair["question"][:60], error)
                 if not draft or " ".join(draft.split()) == " ".join(pair["answer"].split()):

@@ -1,30 +1,28 @@
 """LLM-as-judge: an OpenAI-compatible model grades answers against reference answers.
 
-Requests go through the data stage's :class:`~mentor_trainer.data.synthesis.Teacher`: the same
-client, per-request timeout, API key from ``SecretKeyRef.env_name``, and its client retries a
-transient failure (timeout, dropped connection, 429/5xx) once. The judge must reply with JSON
-scores 1-5 for each rubric criterion; replies that do not parse or carry a score outside 1-5
-count as garbage, never as a score.
+Requests go through :class:`~mentor_trainer.llm_client.ChatClient`, as the data stage's
+teacher's do: the same per-request timeout, API key from ``SecretKeyRef.env_name`` and one
+client retry of a transient failure. The judge must reply with JSON scores 1-5 for each rubric
+criterion; replies that do not parse or carry a score outside 1-5 count as garbage, never as a
+score.
 
 Endpoint trouble never raises: it sets :attr:`JudgeOutcome.error` (naming the endpoint's URL,
 never its key) so the stage fails only the judge suite. As in synthesis, a judge that refuses or
-times out on its first requests without ever answering is not sent the rest.
+times out on its first requests without ever answering is not sent the rest
+(:class:`~mentor_trainer.llm_client.CircuitBreaker`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Literal, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from ..config.evaluate import Judge
-from ..data.synthesis import BREAKER_FAILURES, Teacher, _json_candidates, failure_reason
+from ..llm_client import ChatClient, CircuitBreaker, failure_reason, json_candidates, without_userinfo
 
 JUDGE_TEMPERATURE = 0.0  # grading should be repeatable
 GARBAGE_LIMIT = 0.5  # more than this share of unusable verdicts fails the suite
@@ -71,7 +69,7 @@ def _score(value: object) -> float | None:
 def parse_verdict(text: str, rubric: Sequence[str]) -> dict | None:
     """{criterion: 1-5 score, ..., "rationale": str} from a judge reply, or None when no JSON
     object in it (fenced, wrapped in prose, after a <think> block) scores every criterion 1-5."""
-    for candidate in _json_candidates(text or ""):
+    for candidate in json_candidates(text or ""):
         try:
             data = json.loads(candidate)
         except ValueError:
@@ -99,65 +97,40 @@ class JudgeOutcome:
     error: str | None = None
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 class JudgeSuite:
     """Scores answers concurrently (``endpoint.maxConcurrency`` requests in flight)."""
 
-    def __init__(self, judge: Judge, teacher: Teacher | None = None) -> None:
+    def __init__(self, judge: Judge) -> None:
         self.rubric = list(judge.rubric)
         self.endpoint = judge.endpoint
-        self.teacher = teacher or Teacher(judge.endpoint)
-        self.where = f"judge endpoint {_without_userinfo(str(judge.endpoint.url))} (model {judge.endpoint.model})"
-        secret = judge.endpoint.api_key_secret
-        self._key = os.environ.get(secret.env_name) if secret is not None else None  # only to redact it
-        self._lock = threading.Lock()
-
-    def _redact(self, text: str) -> str:
-        """Error text and replies come from the server, which could echo the key back."""
-        return text.replace(self._key, "***") if self._key else text
-
-    def _connection(self, reachable: bool) -> None:
-        with self._lock:
-            if reachable:
-                self._answered = True
-                self._connection_failures = 0
-                return
-            self._connection_failures += 1
-            if not self._answered and self._connection_failures >= BREAKER_FAILURES:
-                self._stopped = True
+        self.client = ChatClient(judge.endpoint)
+        self.where = f"judge endpoint {without_userinfo(str(judge.endpoint.url))} (model {judge.endpoint.model})"
 
     def _one(self, item: dict) -> tuple[Status, dict]:
         row: dict = {"id": item["id"], **dict.fromkeys(CRITERIA), "score": None, "rationale": "", "error": None}
-        if self._stopped:
+        if self._breaker.open:
             row["error"] = "not sent: the endpoint never answered"
             return "failed", row
         prompt = judge_prompt(item["question"], item["reference"], item["answer"], self.rubric)
         try:
-            reply = self.teacher.chat(prompt, JUDGE_TEMPERATURE, system=SYSTEM_PROMPT)
+            reply = self.client.chat(prompt, JUDGE_TEMPERATURE, system=SYSTEM_PROMPT)
         except Exception as error:  # noqa: BLE001 - reported per example and in the outcome
-            reason = failure_reason(error).removeprefix("synthesis-")  # the data stage's labels
-            self._connection(reason not in ("unreachable", "timeout"))
-            row["error"] = self._redact(f"{reason}: {str(error)[:200]}")
+            self._breaker.record(error)
+            row["error"] = self.client.redact(f"{failure_reason(error)}: {str(error)[:200]}")
             return "failed", row
-        self._connection(True)
+        self._breaker.record()
         verdict = parse_verdict(reply, self.rubric)
         if verdict is None:
-            row["error"] = self._redact(f"garbage: no 1-5 score for every one of {self.rubric} in {reply[:200]!r}")
+            row["error"] = self.client.redact(f"garbage: no 1-5 score for every one of {self.rubric} in {reply[:200]!r}")
             return "garbage", row
         row.update(verdict)
-        row["rationale"] = self._redact(verdict["rationale"])
+        row["rationale"] = self.client.redact(verdict["rationale"])
         row["score"] = scaled(fmean(verdict[name] for name in self.rubric))
         return "scored", row
 
     def score(self, items: list[dict]) -> JudgeOutcome:
         """Grade items (``id``, ``question``, ``reference``, ``answer``); results in item order."""
-        self._answered, self._connection_failures, self._stopped = False, 0, False  # a fresh breaker per call
+        self._breaker = CircuitBreaker()  # a fresh one per call
         with ThreadPoolExecutor(max_workers=self.endpoint.max_concurrency, thread_name_prefix="judge") as pool:
             results = list(pool.map(self._one, items))
         outcome = JudgeOutcome(examples=[row for _, row in results])
