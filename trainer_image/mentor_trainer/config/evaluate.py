@@ -28,7 +28,7 @@ METRICS: dict[str, str] = {
     "qa.f1": "qa",
     "qa.rouge_l": "qa",
     "qa.bleu": "qa",
-    "qa.bertscore": "qa",
+    "qa.embedding_f1": "qa",  # BERTScore-style token matching, no idf, no rescaling
     "qa.fact": "qa",
     "mc.accuracy": "multiple-choice",
     "judge.score": "judge",
@@ -115,7 +115,7 @@ class EvaluationOptions(Spec):
     judge: Judge | None = Field(default=None, description="Judge settings for the judge suite.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Decoding settings.")
     max_examples: PositiveInt | None = Field(default=None, description="Evaluate at most this many examples per suite.")
-    embedding_model: ModelUri | None = Field(default=None, description="Embedding model for BERTScore and retrieval.")
+    embedding_model: ModelUri | None = Field(default=None, description="Embedding model for the embedding F1 (qa.embedding_f1) and retrieval.")
     general_text_uri: StorageUri | None = Field(default=None, description="General-domain text for ppl.general.")
     multiple_choice_uri: StorageUri | None = Field(
         default=None,

@@ -112,9 +112,9 @@ class Evaluation:
             except StageError as error:
                 shared.retriever_error = str(error)
         if "qa" in config.suites:
-            from .bertscore import BertScorer
+            from .embedding_f1 import EmbeddingF1
 
-            shared.bert = BertScorer(config.embedding_model)
+            shared.embedding_f1 = EmbeddingF1(config.embedding_model)
         if "judge" in config.suites:
             from .judge import JudgeSuite
 

@@ -39,7 +39,7 @@ class SuiteResult:
 
 class SuiteRunner:
     """Runs the configured suites for one model; ``shared`` holds what does not depend on it
-    (the retriever, the BERTScore model, the judge), built once for both models."""
+    (the retriever, the embedding F1's encoder, the judge), built once for both models."""
 
     def __init__(self, config, data: EvalData, shared: "Shared", lm, report: Callable[[str], None] = lambda suite: None):
         self.config = config
@@ -94,7 +94,7 @@ class SuiteRunner:
 class Shared:
     retriever: Any = None
     retriever_error: str = "the dataset has no retrieval index (spec.index of the DomainDataset)"
-    bert: Any = None
+    embedding_f1: Any = None
     judge: Any = None
     _retrieved: tuple | None = field(default=None, repr=False)
 
@@ -142,8 +142,8 @@ def qa_suite(run: SuiteRunner) -> SuiteResult:
         "qa.rouge_l": [m.rouge_l(a, i.reference) for a, i in zip(answers, items)],
         "qa.bleu": [m.bleu(a, i.reference) for a, i in zip(answers, items)],
     }
-    if run.shared.bert is not None:
-        scores["qa.bertscore"] = run.shared.bert.score(answers, [i.reference for i in items])
+    if run.shared.embedding_f1 is not None:
+        scores["qa.embedding_f1"] = run.shared.embedding_f1.score(answers, [i.reference for i in items])
     result = _scored(items, scores)
     _add_fact(result, "qa.fact", items, answers)
     result.rows = [

