@@ -54,7 +54,7 @@ class AutoLayers(Spec):
     sample_examples: PositiveInt = Field(default=64, description="Examples used to measure gradients.")
 
 
-class Evaluation(Spec):
+class InTrainingEvaluation(Spec):
     """Evaluation during training, early stopping and best-checkpoint selection."""
 
     every_steps: PositiveInt = Field(default=50, description="Evaluate on the validation split every N steps.")
@@ -184,7 +184,7 @@ class FineTuneOptions(Spec):
     auto_layers: AutoLayers = Field(default_factory=AutoLayers, description="Layer selection for method auto.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Optimisation settings.")
     data: DataOptions = Field(default_factory=DataOptions, description="Example construction.")
-    evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation during training.")
+    evaluation: InTrainingEvaluation = Field(default_factory=InTrainingEvaluation, description="Evaluation during training.")
     curriculum: Curriculum | None = Field(default=None, description="Easiest-first training stages.")
     distributed: Distributed = Field(default_factory=Distributed, description="Multi-GPU / multi-node layout.")
     checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoints and resumption.")

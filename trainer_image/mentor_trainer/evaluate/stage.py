@@ -28,10 +28,13 @@ SUMMARY_METRICS = ("qa.f1", "ppl.domain", "mc.accuracy", "judge.score")  # print
 
 def main(config: EvaluateStageConfig) -> EvaluationResult:
     with ProgressReporter.for_stage(config.progress_file) as progress:
-        return Evaluation(config, progress).run()
+        return EvaluationRun(config, progress).run()
 
 
-class Evaluation:
+class EvaluationRun:
+    """One run of the evaluate stage (not the Evaluation kind): the suites on the candidate and
+    the baseline, the paired comparison, the gates, the published report."""
+
     def __init__(self, config, progress: ProgressReporter) -> None:
         self.config = config
         self.progress = progress
