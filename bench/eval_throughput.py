@@ -71,7 +71,7 @@ def language_model(a):
     import torch
 
     from mentor_trainer.evaluate.lm import LanguageModel
-    from mentor_trainer.models import build_tiny_model, qwen2_1p5b_config
+    from mentor_trainer.tiny_model import build_tiny_model, qwen2_1p5b_config
 
     if a.model_uri:
         return LanguageModel.load(a.model_uri, batch_size=a.batch_size), a.model_uri

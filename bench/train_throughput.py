@@ -6,8 +6,8 @@ A benchmark, not a test. See DESIGN.md section 5 and bench/README.md.
     $V/bin/python bench/train_throughput.py --shape tiny --method both --steps 20   # CPU variant
     $V/bin/python bench/train_throughput.py --method both --steps 30                # GPU: 1.5B shape
 
-Shapes: ``tiny`` is ``models.build_tiny_model``; ``1.5b`` is a random-weight Qwen2ForCausalLM
-with ``models.qwen2_1p5b_config()`` (vocab 151936 kept; the tiny tokenizer's ids are all below
+Shapes: ``tiny`` is ``tiny_model.build_tiny_model``; ``1.5b`` is a random-weight Qwen2ForCausalLM
+with ``tiny_model.qwen2_1p5b_config()`` (vocab 151936 kept; the tiny tokenizer's ids are all below
 3072, so they are valid ids) saved in bf16, with the tiny model's tokenizer.
 
 Data: a generated chat SFT dataset (``messages``, lengths varied so that padding matters)
@@ -73,7 +73,7 @@ WORDS = (
 
 
 def build_model(shape: str, root: Path) -> Path:
-    from mentor_trainer.models import build_tiny_model
+    from mentor_trainer.tiny_model import build_tiny_model
 
     tiny = build_tiny_model(root / "tiny")
     if shape == "tiny":
@@ -81,7 +81,7 @@ def build_model(shape: str, root: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-    from mentor_trainer.models import qwen2_1p5b_config
+    from mentor_trainer.tiny_model import qwen2_1p5b_config
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     config = qwen2_1p5b_config()

@@ -69,7 +69,7 @@ def dataset_texts(output: Path) -> tuple[list[str], list[str]]:
 def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, capsys, monkeypatch, threads):
     """The quickstart pipeline on the tiny model (seconds, any thread count): every stage runs
     for real; the effects asserted hold by a wide margin on any CPU."""
-    from mentor_trainer.models import build_tiny_model
+    from mentor_trainer.tiny_model import build_tiny_model
 
     monkeypatch.setenv("OMP_NUM_THREADS", threads)  # the stages are subprocesses
     tiny = build_tiny_model(tmp_path / "tiny")
@@ -168,7 +168,7 @@ def test_heldout_questions_never_reach_training(tmp_path):
 
     from mentor_trainer.config import DataStageConfig
     from mentor_trainer.data import main as data_main
-    from mentor_trainer.models import build_tiny_model
+    from mentor_trainer.tiny_model import build_tiny_model
 
     tiny = build_tiny_model(tmp_path / "tiny")
     pipeline = quickstart_copy(tmp_path / "pipeline", tiny, {})

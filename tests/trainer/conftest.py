@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mentor_trainer.models import build_tiny_model
+from mentor_trainer.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -22,7 +22,7 @@ import pytest
 from mentor_trainer.config.evaluate import METRICS, EvaluateStageConfig
 from mentor_trainer.errors import StageError
 from mentor_trainer.evaluate.stage import main as evaluate_stage
-from mentor_trainer.models import build_tiny_model
+from mentor_trainer.tiny_model import build_tiny_model
 from tests.trainer.test_data_synthesis import TeacherServer, closed_port, url_of
 
 

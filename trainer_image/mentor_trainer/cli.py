@@ -98,7 +98,7 @@ def tiny_model(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="Directory to write the model to.")
     parser.add_argument("--seed", type=int, default=0, help="Initialisation seed.")
     args = parser.parse_args(argv)
-    from .models import build_tiny_model
+    from .tiny_model import build_tiny_model
 
     print(build_tiny_model(args.out, seed=args.seed))
     return 0
