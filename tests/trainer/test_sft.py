@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from mentor_trainer.config.sft import SftStageConfig
+from mentor_trainer.config.sft import SftStageConfig, TrainingResult
 from mentor_trainer.errors import StageError
 
 
@@ -79,7 +79,7 @@ def test_domain_validation_loss_falls(tiny, dataset, tmp_path, method, options):
     assert (out / "README.md").read_text().startswith("# tea-expert")
     assert (out / "model" / "_SUCCESS").is_file() and (out / "model" / "model.safetensors").is_file()
     assert result.model_uri == (out / "model").as_uri() + "/"
-    assert len(json.dumps(result)) < 3000
+    assert len(json.dumps(result.to_wire())) < 3000
     if method == "lora":
         assert (out / "adapter" / "adapter_model.safetensors").is_file()
         assert result.adapter_uri == (out / "adapter").as_uri() + "/"
@@ -137,7 +137,8 @@ def test_dora_auto_and_pretrain_run(tiny, dataset, tmp_path):
 
 
 def test_curriculum_order_is_kept(tiny, dataset, tmp_path):
-    from mentor_trainer.train.sft import STAGE_COLUMN, prepare
+    from mentor_trainer.train.curriculum import STAGE_COLUMN
+    from mentor_trainer.train.sft import prepare
 
     stages = [0.3, 0.6, 1.0]
     config = make_config(
@@ -175,7 +176,8 @@ def test_curriculum_order_is_kept(tiny, dataset, tmp_path):
 
 
 def test_curriculum_with_packing_packs_each_stage_apart(tiny, dataset, tmp_path):
-    from mentor_trainer.train.sft import STAGE_COLUMN, prepare
+    from mentor_trainer.train.curriculum import STAGE_COLUMN
+    from mentor_trainer.train.sft import prepare
 
     config = make_config(tiny, dataset, tmp_path / "out", curriculum={"stages": [0.5, 1.0]})
     job = prepare(config)
@@ -183,6 +185,29 @@ def test_curriculum_with_packing_packs_each_stage_apart(tiny, dataset, tmp_path)
     assert stages == sorted(stages) and set(stages) == {0, 1}
     sampler = job.trainer._get_train_sampler()
     assert list(iter(sampler)) == list(range(len(stages)))
+
+
+def test_trl_keeps_the_private_method_the_curriculum_overrides():
+    """train/curriculum.py overrides SFTTrainer._prepare_dataset (TRL has no public hook for
+    preparing a dataset in parts) and calls it with these parameters: a TRL upgrade that renames
+    or reshapes it must fail here, by name, not silently mix curriculum stages."""
+    import inspect
+    import re
+
+    from trl import SFTTrainer
+
+    from mentor_trainer.train.curriculum import curriculum_trainer_class
+
+    method = "trl.SFTTrainer._prepare_dataset"
+    assert callable(getattr(SFTTrainer, "_prepare_dataset", None)), f"{method} is gone: train/curriculum.py overrides it"
+    expected = ["self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name"]
+    found = list(inspect.signature(SFTTrainer._prepare_dataset).parameters)
+    assert found == expected, f"{method} now takes {found}, train/curriculum.py calls it with {expected}"
+    override = list(inspect.signature(curriculum_trainer_class()._prepare_dataset).parameters)
+    assert override == expected, "train/curriculum.py's override no longer matches SFTTrainer._prepare_dataset"
+    # SFTTrainer prepares the training set under the name the override recognises
+    call = re.compile(r'self\._prepare_dataset\(\s*train_dataset,[^)]*"train"\s*\)')
+    assert call.search(inspect.getsource(SFTTrainer.__init__)), f"SFTTrainer.__init__ no longer calls {method}(train_dataset, ..., 'train')"
 
 
 # --------------------------------------------------------------------------------------
@@ -334,8 +359,9 @@ def test_cli_writes_result_tracks_and_reports_progress(tiny, dataset, tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(termination.read_text())
-    assert set(result) == {"modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"}
+    wire = json.loads(termination.read_text())
+    assert set(wire) == {"modelUri", "adapterUri", "mlflowRunId", "registeredModel", "metrics"}
+    result = TrainingResult.from_wire(wire)
     assert {"train_loss", "eval_loss", "eval_perplexity", "base_eval_loss"} <= set(result.metrics)
     assert result.registered_model == "mlflow://models/tea-expert/1"
 

@@ -1,5 +1,8 @@
 """What trains: LoRA/DoRA/QLoRA adapters, full fine-tuning, frozen layers, and automatic
-layer selection by gradient sensitivity (the design notes' "LoAR" idea)."""
+layer selection by gradient sensitivity (the design notes' "LoAR" idea).
+
+:func:`apply_method` is the one entry point: it applies ``spec.method`` to a loaded model and
+says what trains."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import re
 from ..errors import StageError
 
 log = logging.getLogger(__name__)
+
+ADAPTER_METHODS = ("lora", "qlora", "dora")
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -103,3 +108,49 @@ def select_layers_by_gradient(model, batches, top_k: int) -> tuple[list[int], di
         raise StageError("method auto found no transformer blocks (model.layers.N) to rank")
     ranked = sorted(norms, key=lambda i: -norms[i])
     return sorted(ranked[: min(top_k, len(ranked))]), norms
+
+
+def sample_batches(model, tokenizer, rows: list[dict], count: int, max_length: int) -> list[dict]:
+    """The first ``count`` training rows as single-example batches for :func:`gradient_sensitivity`."""
+    import torch
+
+    batches = []
+    device = next(model.parameters()).device
+    for row in rows[:count]:
+        if "text" in row:
+            ids = tokenizer(row["text"], truncation=True, max_length=max_length)["input_ids"]
+        else:
+            messages = row.get("messages") or (row["prompt"] + row["completion"])
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][:max_length]
+        tensor = torch.tensor([ids], device=device)
+        batches.append({"input_ids": tensor, "labels": tensor})
+    return batches
+
+
+def apply_method(model, tokenizer, config, rows: list[dict], quantized: bool):
+    """``config.method`` applied to ``model``: returns the model to train (a PEFT wrapper for
+    adapters) and notes for result.json (the blocks that train, trainable and total parameters).
+    ``rows`` are the training examples auto ranks blocks on; ``quantized``: a 4-bit (qlora) base."""
+    notes: dict = {}
+    hp = config.hyperparameters
+    if config.method == "auto":
+        batches = sample_batches(model, tokenizer, rows, config.auto_layers.sample_examples, hp.max_seq_length)
+        chosen, norms = select_layers_by_gradient(model, batches, config.auto_layers.top_k)
+        log.info("auto: gradient norm per block %s -> training blocks %s", {k: round(v, 4) for k, v in norms.items()}, chosen)
+        apply_freeze(model, set(chosen), train_embeddings=False, train_head=True)
+        notes["autoLayers"] = chosen
+    elif config.method == "freeze":
+        layers = freeze_layers_from_config(model, config.freeze)
+        apply_freeze(model, layers, config.freeze.train_embeddings, config.freeze.train_head)
+        notes["trainedLayers"] = sorted(layers)
+    elif config.method in ADAPTER_METHODS:
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+        model = apply_lora(model, config, use_dora=config.method == "dora")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    notes["trainableParameters"], notes["parameters"] = trainable, total
+    log.info("method %s: %d of %d parameters train (%.2f%%)", config.method, trainable, total, 100 * trainable / max(total, 1))
+    return model, notes
