@@ -187,8 +187,8 @@ def test_changed_input_object_changes_the_hash_and_republishes(s3_env, tmp_path)
     data = b"Document 0 was edited: Aurelian tea is withered at 14 degrees for nine hours in a cool room."
     client.put_object(src, "docs/d0.txt", io.BytesIO(data), length=len(data))
     edited = main(config)
-    assert edited["contentHash"] != first["contentHash"]
-    assert json.loads(client.get_object(out, "ds/_SUCCESS").read())["contentHash"] == edited["contentHash"]
+    assert edited.content_hash != first.content_hash
+    assert json.loads(client.get_object(out, "ds/_SUCCESS").read())["contentHash"] == edited.content_hash
     assert client.stat_object(out, "ds/_SUCCESS").etag != marker_before.etag
 
 

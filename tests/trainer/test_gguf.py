@@ -20,7 +20,7 @@ import pytest
 
 from mentor_trainer import gguf
 from mentor_trainer.errors import StageError
-from mentor_trainer.models import load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
+from mentor_trainer.models import load_model_and_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_gguf_file_uri_loads_and_generates(smollm2, tmp_path):
 def test_gguf_through_pvc_mlflow_and_the_data_stage_tokenizer(smollm2, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from mentor_trainer.data.chunking import load_tokenizer as chunking_tokenizer
+    from mentor_trainer.data.chunking import HFTokenizer
 
     monkeypatch.setenv("MENTOR_PVC_ROOT", str(tmp_path / "pvc"))
     _linked_gguf(tmp_path / "pvc" / "models", "smol.gguf")
@@ -147,9 +147,10 @@ def test_gguf_through_pvc_mlflow_and_the_data_stage_tokenizer(smollm2, tmp_path,
     assert loaded.local_dir == smollm2 and loaded.tokenizer.eos_token == "<|im_end|>"
 
     # the data stage's tokenizer goes through the same resolver; its fingerprint is the content's
-    tokenizer = chunking_tokenizer("pvc://models/smol.gguf", str(tmp_path))
+    resolved = resolve_model("pvc://models/smol.gguf", "tokenizer", tokenizer_only=True, workdir=str(tmp_path))
+    tokenizer = HFTokenizer(load_tokenizer(resolved), name="pvc://models/smol.gguf")
     assert tokenizer.count("The capital of France is Paris.") == 7
-    assert tokenizer.fingerprint == tokenizer_fingerprint(resolve_model(smollm2.as_uri()))
+    assert tokenizer_fingerprint(resolved) == tokenizer_fingerprint(resolve_model(smollm2.as_uri()))
 
 
 @pytest.mark.slow

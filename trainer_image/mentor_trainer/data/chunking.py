@@ -1,9 +1,9 @@
 """Chunking by tokens, with overlap, preferring paragraph and heading boundaries.
 
-The tokenizer is the base model's (``spec.tokenizer``, loaded with transformers'
-``AutoTokenizer`` from any model URI the other stages take, .gguf files included) or, without
-one, a fallback that counts each CJK character, each word, each digit run and each symbol as
-one token.
+The tokenizer is the base model's (``spec.tokenizer``, resolved and loaded by
+:mod:`mentor_trainer.models` like every model URI, .gguf files included, and wrapped in
+:class:`HFTokenizer`) or, without one, a fallback that counts each CJK character, each word,
+each digit run and each symbol as one token.
 
 A document is cut into units: headings, then sentences (CJK and Latin sentence ends) inside
 paragraphs; a unit longer than ``max_tokens`` is cut at token boundaries. Units are packed
@@ -51,10 +51,9 @@ class FallbackTokenizer:
 class HFTokenizer:
     """A transformers tokenizer (special tokens not counted)."""
 
-    def __init__(self, tokenizer, name: str, fingerprint: str) -> None:
+    def __init__(self, tokenizer, name: str) -> None:
         self.tokenizer = tokenizer
         self.name = name
-        self.fingerprint = fingerprint
         tokenizer.model_max_length = 1 << 60  # we only count; no "sequence too long" warnings
 
     def count(self, text: str) -> int:
@@ -73,23 +72,6 @@ class HFTokenizer:
         n = max(1, self.count(text))
         step = len(text) / n
         return [(int(i * step), int((i + 1) * step)) for i in range(n)]
-
-
-def load_tokenizer(uri: str | None, workdir: str | None = None, resolved=None):
-    """The tokenizer for chunking and token statistics (fallback without a URI).
-
-    The URI goes through the model resolver every stage uses
-    (:func:`mentor_trainer.models.resolve_model`: file://, pvc://, s3:// without the weights,
-    mlflow://, hf://, .gguf files); ``resolved`` is what it returned for ``uri``, when already
-    known. The fingerprint (for the data stage's content hash) covers the tokenizer's files."""
-    if not uri:
-        return FallbackTokenizer()
-    from ..models import load_tokenizer as load_model_tokenizer
-    from ..models import resolve_model, tokenizer_fingerprint
-
-    resolved = resolved or resolve_model(uri, "tokenizer", tokenizer_only=True, workdir=workdir)
-    tokenizer = load_model_tokenizer(resolved, "tokenizer")
-    return HFTokenizer(tokenizer, name=uri, fingerprint=tokenizer_fingerprint(resolved))
 
 
 # --------------------------------------------------------------------------------------

@@ -38,13 +38,14 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from ..errors import StageError
+from ..jsonio import write_json
 from .filters import CJK_RANGES
+from .layout import INDEX_DIR
 from ..models import model_location, torch_device
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
-INDEX_DIR = "index"
 BM25_TOKENIZER = "cjk-char-bigram+words-v1"
 BM25_K1 = 1.5
 BM25_B = 0.75
@@ -197,7 +198,7 @@ class IndexBuilder:
             if not options.bm25
             else {"tokenizer": BM25_TOKENIZER, "k1": BM25_K1, "b": BM25_B, "tokens": bm25_tokens_total},
         }
-        (root / "index.json").write_text(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        write_json(root / "index.json", info)
         return {**info, "path": INDEX_DIR}
 
 

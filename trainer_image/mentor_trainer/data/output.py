@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import layout
 from .examples import SCHEMAS, SPLITS
 
 ROWS_PER_GROUP = 1000
@@ -15,7 +15,7 @@ ROWS_PER_FILE = 500_000
 
 
 class ParquetSink:
-    """Rows of one (split, format) -> ``<split>/<format>-NNNNN.parquet`` files, streamed."""
+    """Rows of one (split, format) -> its parquet files (:func:`.layout.example_file`), streamed."""
 
     def __init__(self, root: Path, split: str, fmt: str) -> None:
         self.root, self.split, self.fmt = root, split, fmt
@@ -30,7 +30,7 @@ class ParquetSink:
         self.max_tokens = 0
 
     def _open(self) -> None:
-        name = f"{self.split}/{self.fmt}-{len(self.files):05d}.parquet"
+        name = layout.example_file(self.split, self.fmt, len(self.files))
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
@@ -77,6 +77,32 @@ class ParquetSink:
             "meanTokens": round(self.tokens / self.rows, 1) if self.rows else 0,
             "files": self.files,
         }
+
+
+class SplitWriter:
+    """A :class:`ParquetSink` for every split and requested format: the dataset's examples."""
+
+    def __init__(self, root: Path, formats: list[str]) -> None:
+        self.formats = formats
+        self.sinks = {(split, fmt): ParquetSink(root, split, fmt) for split in SPLITS for fmt in formats}
+
+    def write(self, split: str, fmt: str, row: dict) -> None:
+        self.sinks[(split, fmt)].write(row)
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+
+    @property
+    def examples(self) -> int:
+        return sum(sink.rows for sink in self.sinks.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(sink.tokens for sink in self.sinks.values())
+
+    def examples_per_split(self) -> dict[str, int]:
+        return {s: sum(self.sinks[(s, f)].rows for f in self.formats) for s in SPLITS}
 
 
 def dataset_card(manifest: dict) -> str:
@@ -152,13 +178,11 @@ def dataset_card(manifest: dict) -> str:
             "",
             "## Retrieval index",
             "",
-            f"`index/`: {index['chunks']} chunks; "
+            f"`{layout.INDEX_DIR}/`: {index['chunks']} chunks; "
             + (f"dense embeddings ({dense['model']}, dimension {dense['dimension']})" if dense else "no dense embeddings")
             + ("; BM25 (CJK characters and bigrams, words)" if index.get("bm25") else "")
             + ". Load with `mentor_trainer.data.index.Retriever.load(\"<this directory>\")`.",
         ]
-    if manifest.get("notImplemented"):
-        lines += ["", "## Not applied", ""] + [f"- {item}" for item in manifest["notImplemented"]]
     first = next((f for s in SPLITS for f in manifest["formats"]), "pretrain")
     lines += [
         "",
@@ -167,15 +191,11 @@ def dataset_card(manifest: dict) -> str:
         "```python",
         "from datasets import load_dataset",
         "",
-        f"ds = load_dataset(\"parquet\", data_files={{s: f\"<this directory>/{{s}}/{first}-*.parquet\" "
+        f"ds = load_dataset(\"parquet\", data_files={{s: f\"<this directory>/{{s}}/{layout.example_files(first)}\" "
         "for s in (\"train\", \"validation\", \"test\")})",
         "```",
         "",
-        "Columns: see `manifest.json` (`schemas`). `difficulty` is in [0, 1) for curriculum ordering.",
+        f"Columns: see `{layout.MANIFEST}` (`schemas`). `difficulty` is in [0, 1) for curriculum ordering.",
         "",
     ]
     return "\n".join(lines)
-
-
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -9,16 +9,17 @@ memory holds only indexes: exact-duplicate hashes, MinHash signatures, line coun
 3. relevance (only when configured); collect split keys;
 4. chunk, build examples, split; validation/test examples that near-duplicate a training
    example are dropped; parquet written into the publish staging directory, then the
-   manifest, the dataset card and the commit marker. Within this pass: chunks are spooled for
-   the retrieval index (:mod:`.index`) and for the teacher (:mod:`.synthesis`, run after the
-   documents, with bounded concurrency); training examples are mixed by group weight
-   (:mod:`.mixture`) before they are written; difficulty is scored per example (length,
-   entity density, or the base model's perplexity, :mod:`.perplexity`).
+   manifest (:mod:`.manifest`), the dataset card and the commit marker (files laid out as
+   :mod:`.layout` says). Within this pass: chunks are spooled for the retrieval index
+   (:mod:`.index`) and for the teacher (:mod:`.synthesis`, run after the documents, with
+   bounded concurrency); training examples are mixed by group weight (:mod:`.mixture`)
+   before they are written; difficulty is scored per example (length, entity density, or
+   the base model's perplexity, :mod:`.perplexity`).
 
-The content hash covers the configuration (without runtime fields), the inputs (sha256 of
-each local file, ETag of each S3 object), the tokenizer files and the pipeline version. When
-the output URI already holds a complete dataset with the same hash, nothing is done and the
-recorded result is returned.
+The content hash (:func:`.manifest.content_hash`) covers the configuration (without runtime
+fields), the inputs (sha256 of each local file, ETag of each S3 object), the tokenizer files
+and the pipeline version. When the output URI already holds a complete dataset with the same
+hash, nothing is done and the recorded result is returned.
 """
 
 from __future__ import annotations
@@ -35,21 +36,21 @@ from typing import Iterator
 from .. import storage
 from ..config.data import DatasetResult, DatasetStats, DataStageConfig
 from ..errors import StageError
-from ..models import resolve_model
+from ..jsonio import write_json
+from ..models import load_tokenizer, resolve_model
 from ..models import tokenizer_fingerprint as model_tokenizer_fingerprint
 from ..progress import ProgressReporter
-from . import clean, ingest
-from .chunking import FallbackTokenizer, chunk_text, load_tokenizer
+from . import clean, ingest, layout
+from .chunking import FallbackTokenizer, HFTokenizer, chunk_text
 from .dedup import NearDuplicateIndex, exact_key
-from .examples import FORMATS, SCHEMAS, SPLITS, assign_splits, comparison_text, cot_answer, difficulty
+from .examples import FORMATS, assign_splits, comparison_text, cot_answer, difficulty
 from .filters import RelevanceScorer, detect_language, quality_reason
-from .output import ParquetSink, dataset_card, write_json
-from .records import PREFERENCE, QA, TEXT, Counter, Document, Dropped, QARecord, from_json, unit_text
+from .manifest import StageRecord, build_manifest, content_hash
+from .output import SplitWriter, dataset_card
+from .records import PREFERENCE, QA, TEXT, Document, Dropped, QARecord, from_json, unit_text
 
 log = logging.getLogger("mentor_trainer.data")
 
-PIPELINE_VERSION = 3  # 2: origin column, retrieval index, synthesis, mixture sampling, perplexity; 3: location-free split keys
-RUNTIME_FIELDS = {"run", "output_uri", "tracking", "progress_file"}
 MAX_RESULT_REASONS = 24
 
 
@@ -123,17 +124,6 @@ def _sha256(uri: str) -> str:
     return digest.hexdigest()
 
 
-def content_hash(config, inputs_digest: str, tokenizer_fingerprint: str) -> str:
-    payload = {
-        "pipeline": PIPELINE_VERSION,
-        "options": config.model_dump(mode="json", by_alias=True, exclude=RUNTIME_FIELDS),
-        "inputs": inputs_digest,
-        "tokenizer": tokenizer_fingerprint,
-        "maxDocumentChars": ingest.MAX_DOCUMENT_CHARS,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _normalize_unit(unit, cleaning) -> None:
     def norm(text: str) -> str:
         return clean.normalize(text, cleaning.unicode_nfkc, cleaning.strip_control_chars, cleaning.strip_html)
@@ -174,24 +164,17 @@ def _incomplete(unit) -> bool:
 class DataStage:
     def __init__(self, config) -> None:
         self.config = config
-        self.counter = Counter()
-        self.sources = {
-            s.name: {"name": s.name, "group": s.group, "uri": s.uri, "documents": 0, "kept": 0} for s in config.sources
-        }
-        self.kinds_in = {TEXT: 0, QA: 0, PREFERENCE: 0}
-        self.steps: dict[str, int] = {}
-        self.timings: dict[str, float] = {}
+        self.record = StageRecord.for_config(config)
         self.progress = ProgressReporter.for_stage(config.progress_file)
         self.dropped_log: Spool | None = None
-        self.cleaning_stats = {"boilerplateLines": 0, "boilerplateLinesRemoved": 0, "patternLinesRemoved": 0}
 
     # -- bookkeeping -------------------------------------------------------------------
     def drop(self, unit_id: str, source: str, reason: str, kind: str, detail: str = "") -> None:
-        self.counter.drop(reason, kind)
+        self.record.counter.drop(reason, kind)
         self.dropped_log.write({"id": unit_id, "source": source, "kind": kind, "reason": reason, "detail": detail})
 
     def _timed(self, name: str, start: float) -> None:
-        self.timings[name] = round(time.monotonic() - start, 3)
+        self.record.timings[name] = round(time.monotonic() - start, 3)
 
     # -- main --------------------------------------------------------------------------
     def run(self) -> DatasetResult:
@@ -213,14 +196,14 @@ class DataStage:
             self.work = Path(work)
             start = time.monotonic()
             self.progress.update(force=True, phase="fingerprint")
-            tokenizer_model = tokenizer_fingerprint = None
+            tokenizer_model = None
             if config.tokenizer:
                 tokenizer_model = resolve_model(config.tokenizer, "tokenizer", tokenizer_only=True, workdir=work)
                 tokenizer_fingerprint = model_tokenizer_fingerprint(tokenizer_model)
             else:
                 tokenizer_fingerprint = FallbackTokenizer.fingerprint
-            self.inputs = fingerprint_inputs(config, self.work / "inputs.jsonl")
-            self.hash = content_hash(config, self.inputs["digest"], tokenizer_fingerprint)
+            self.record.inputs = fingerprint_inputs(config, self.work / layout.INPUTS_LIST)
+            self.hash = content_hash(config, self.record.inputs["digest"], tokenizer_fingerprint)
             self._timed("fingerprint", start)
 
             marker = storage.read_marker(config.output_uri)
@@ -229,15 +212,16 @@ class DataStage:
                 self.progress.update(force=True, phase="done", reused=True)
                 return DatasetResult.from_wire(marker["result"])
 
-            if config.tokenizer:
-                self.tokenizer = load_tokenizer(config.tokenizer, work, tokenizer_model)
+            if tokenizer_model is not None:
+                self.tokenizer = HFTokenizer(load_tokenizer(tokenizer_model), name=config.tokenizer)
             else:
                 self.tokenizer = FallbackTokenizer()
+            self.record.tokenizer = self.tokenizer.name
             if config.difficulty.method == "perplexity":
                 from .perplexity import PerplexityScorer
 
                 self.perplexity = PerplexityScorer(config.difficulty.model_uri)
-            self.dropped_log = Spool(self.work / "dropped.jsonl")
+            self.dropped_log = Spool(self.work / layout.DROPPED_LIST)
             pass1 = self.ingest()
             pass2 = self.clean_and_filter(pass1)
             final, keys = self.relevance(pass2)
@@ -261,7 +245,7 @@ class DataStage:
         spool = Spool(self.work / "pass1.jsonl")
         documents = 0
         for position, source in enumerate(config.sources):
-            info = self.sources[source.name]
+            info = self.record.sources[source.name]
             try:
                 for unit in ingest.iter_source(source):
                     info["documents"] += 1
@@ -271,7 +255,7 @@ class DataStage:
                     if isinstance(unit, Dropped):
                         self.drop(unit.id, unit.source, unit.reason, unit.kind, unit.detail)
                         continue
-                    self.kinds_in[unit.kind] += 1
+                    self.record.units_in_by_kind[unit.kind] += 1
                     _normalize_unit(unit, config.cleaning)
                     if _incomplete(unit):
                         self.drop(unit.id, unit.source, "empty", unit.kind, "nothing left after normalisation")
@@ -295,10 +279,10 @@ class DataStage:
                 raise _source_error(position, source, error) from None
             if info["documents"] == 0:
                 log.warning("source %s (%s) holds no documents", source.name, source.uri or "inline")
-        self.documents_in = documents
-        self.steps["documentsIn"] = documents
-        self.steps["afterIngest"] = sum(self.kinds_in.values())
-        self.steps["afterDedup"] = spool.count
+        self.record.documents_in = documents
+        self.record.steps["documentsIn"] = documents
+        self.record.steps["afterIngest"] = sum(self.record.units_in_by_kind.values())
+        self.record.steps["afterDedup"] = spool.count
         self._timed("ingestAndDedup", start)
         return spool
 
@@ -307,7 +291,7 @@ class DataStage:
         config = self.config
         start = time.monotonic()
         boilerplate = self.lines.boilerplate(config.cleaning.boilerplate_min_documents)
-        self.cleaning_stats["boilerplateLines"] = len(boilerplate)
+        self.record.cleaning["boilerplateLines"] = len(boilerplate)
         del self.lines
         pii = config.cleaning.pii
         self.redactor = clean.PiiRedactor(pii.kinds, pii.replacement) if pii.enabled else None
@@ -329,8 +313,8 @@ class DataStage:
                 self.progress.update(phase="clean", documents=done)
             if unit.kind == TEXT:
                 unit.text, n_boiler, n_pattern = clean.remove_lines(unit.text, boilerplate, self.patterns)
-                self.cleaning_stats["boilerplateLinesRemoved"] += n_boiler
-                self.cleaning_stats["patternLinesRemoved"] += n_pattern
+                self.record.cleaning["boilerplateLinesRemoved"] += n_boiler
+                self.record.cleaning["patternLinesRemoved"] += n_pattern
             if self.redactor is not None:
                 _redact_unit(unit, self.redactor)
             if unit.kind == TEXT:
@@ -351,14 +335,14 @@ class DataStage:
                 self.keys[unit.kind].add(unit.split_key)
             spool.write(unit.to_json())
         previous.remove()
-        self.steps["afterCleaningAndFilters"] = spool.count
+        self.record.steps["afterCleaningAndFilters"] = spool.count
         self._timed("cleanAndFilter", start)
         return spool
 
     # -- pass 3 ------------------------------------------------------------------------
     def relevance(self, previous: Spool) -> tuple[Spool, dict[str, set[str]]]:
         if self.scorer is None:
-            self.steps["afterRelevance"] = previous.count
+            self.record.steps["afterRelevance"] = previous.count
             return previous, self.keys
         start = time.monotonic()
         threshold = self.config.relevance.threshold
@@ -375,27 +359,31 @@ class DataStage:
             self.keys[unit.kind].add(unit.split_key)
             spool.write(unit.to_json())
         previous.remove()
-        self.relevance_stats = {
+        self.record.relevance = {
             "threshold": threshold,
             "scored": len(scores),
             "minScore": round(min(scores), 4) if scores else None,
             "meanScore": round(sum(scores) / len(scores), 4) if scores else None,
             "maxScore": round(max(scores), 4) if scores else None,
         }
-        self.steps["afterRelevance"] = spool.count
+        self.record.steps["afterRelevance"] = spool.count
         self._timed("relevance", start)
         return spool, self.keys
 
     def check_not_empty(self, final: Spool) -> None:
         if final.count:
             return
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.counter.dropped.items(), key=lambda kv: -kv[1]))
-        where = "; ".join(f"{s['name']} ({s['uri'] or 'inline'}): {s['documents']} read" for s in self.sources.values())
-        if self.documents_in == 0:
+        record = self.record
+        where = "; ".join(f"{s['name']} ({s['uri'] or 'inline'}): {s['documents']} read" for s in record.sources.values())
+        if record.documents_in == 0:
             raise StageError(f"no documents found in the sources: {where}")
         raise StageError(
-            f"no documents left after cleaning and filtering: {self.documents_in} read ({where}); dropped: {reasons}"
+            f"no documents left after cleaning and filtering: {record.documents_in} read ({where}); dropped: {self._drop_reasons()}"
         )
+
+    def _drop_reasons(self) -> str:
+        """The reasons units were dropped, the most frequent first (for error messages)."""
+        return ", ".join(f"{r} {n}" for r, n in sorted(self.record.counter.dropped.items(), key=lambda kv: -kv[1]))
 
     # -- pass 4 ------------------------------------------------------------------------
     def _difficulty(self, text: str, tokens: int) -> float:
@@ -476,10 +464,10 @@ class DataStage:
         }
 
     def _write_train(self, fmt: str, row: dict) -> None:
-        self.sinks[("train", fmt)].write(row)
-        group = row["group"]
-        self.group_examples[group] = self.group_examples.get(group, 0) + 1
-        self.group_tokens[group] = self.group_tokens.get(group, 0) + row["tokens"]
+        self.splits.write("train", fmt, row)
+        group, record = row["group"], self.record
+        record.train_examples_per_group[group] = record.train_examples_per_group.get(group, 0) + 1
+        record.train_tokens_per_group[group] = record.train_tokens_per_group.get(group, 0) + row["tokens"]
 
     def _route(self, split: str, fmt: str, row: dict) -> None:
         if split == "train":
@@ -563,29 +551,52 @@ class DataStage:
         return stats
 
     def build(self, final: Spool, keys: dict[str, set[str]], staging: Path) -> DatasetResult:
+        """Examples into the splits (the units', the teacher's, mixed by group), then the
+        retrieval index and the dataset's documents; returns the stage result."""
+        start = time.monotonic()
+        self._open_outputs(staging)
+        self._write_units(final, self._split_assignment(keys))
+        if self.synthesis_chunks is not None:
+            self.progress.update(force=True, phase="synthesis", chunks=self.synthesis_chunks.count)
+            self.record.synthesis = self.synthesize(self.synthesis_chunks)
+        if self.mixer is not None:
+            self._write_mixture()
+        self._write_held_out()
+        self.splits.close()
+        self._timed("chunkSplitWrite", start)
+        self._check_examples()
+        if self.index_builder is not None:
+            self._write_index(staging)
+        return self._write_documents(staging)
+
+    def _split_assignment(self, keys: dict[str, set[str]]) -> dict[str, dict[str, str]]:
+        """The split of every split key, per kind of unit."""
+        split = self.config.split
+        fractions = {"train": split.train, "validation": split.validation, "test": split.test}
+        return {
+            kind: dict.fromkeys(keys[kind], "train") if kind == TEXT and split.documents_in_train
+            else assign_splits(keys[kind], fractions, split.seed)
+            for kind in keys
+        }
+
+    def _open_outputs(self, staging: Path) -> None:
+        """The parquet writers and where examples wait: held-out ones for the cross-split check,
+        training ones for the mixer, chunks for the index and the teacher."""
         from .index import IndexBuilder
         from .mixture import Mixer, mixing_requested
 
         config = self.config
-        start = time.monotonic()
-        fractions = {"train": config.split.train, "validation": config.split.validation, "test": config.split.test}
-        assignment = {
-            kind: dict.fromkeys(keys[kind], "train") if kind == TEXT and config.split.documents_in_train
-            else assign_splits(keys[kind], fractions, config.split.seed)
-            for kind in keys
-        }
-        formats = [f for f in FORMATS if f in config.formats]
-        self.sinks = sinks = {(split, fmt): ParquetSink(staging, split, fmt) for split in SPLITS for fmt in formats}
+        self.splits = SplitWriter(staging, [f for f in FORMATS if f in config.formats])
         near = config.dedup.near
         self.cross = NearDuplicateIndex(near.threshold, near.num_perm, near.shingle_size) if config.dedup.across_splits else None
-        cross = self.cross
-        self.held = held = Spool(self.work / "heldout.jsonl")
+        self.held = Spool(self.work / "heldout.jsonl")
         self.mixer = Mixer(config.mixture, config.split.seed, self.work) if mixing_requested(config.mixture) else None
         self.index_builder = IndexBuilder(config.index, self.work) if config.index.enabled else None
         self.synthesis_chunks = Spool(self.work / "synthesis-chunks.jsonl") if config.synthesis is not None else None
-        kept = chunks = 0
-        self.group_examples: dict[str, int] = {}
-        self.group_tokens: dict[str, int] = {}
+
+    def _write_units(self, final: Spool, assignment: dict[str, dict[str, str]]) -> None:
+        """Each unit's examples to its split, its chunks to the index and the teacher."""
+        record = self.record
         for data in final.read():
             unit = from_json(data)
             split = assignment[unit.kind][unit.split_key]
@@ -593,11 +604,11 @@ class DataStage:
             if not rows and not doc_chunks:
                 self.drop(unit.id, unit.source, reason or "no-examples", unit.kind)
                 continue
-            kept += 1
-            self.sources[unit.source]["kept"] += 1
-            if kept % 100 == 0:
-                self.progress.update(phase="examples", documents=kept)
-            chunks += len(doc_chunks)
+            record.documents_kept += 1
+            record.sources[unit.source]["kept"] += 1
+            if record.documents_kept % 100 == 0:
+                self.progress.update(phase="examples", documents=record.documents_kept)
+            record.chunks += len(doc_chunks)
             for chunk in doc_chunks:
                 where = {"doc_id": unit.id, "source": unit.source, "group": unit.group, "split": split,
                          "language": unit.language, "chunk_index": chunk.index}
@@ -608,130 +619,72 @@ class DataStage:
             for fmt, row in rows:
                 self._route(split, fmt, row)
         final.remove()
-        synthesis_stats = None
-        if self.synthesis_chunks is not None:
-            self.progress.update(force=True, phase="synthesis", chunks=self.synthesis_chunks.count)
-            synthesis_stats = self.synthesize(self.synthesis_chunks)
-        mixture_report = {"sampled": False}
-        if self.mixer is not None:
-            for fmt, row in self.mixer.mix():
-                self._write_train(fmt, row)
-            mixture_report = self.mixer.report
-        group_examples, group_tokens = self.group_examples, self.group_tokens
-        examples_dropped: dict[str, int] = {}
-        if mixture_report.get("droppedPerGroup"):
-            examples_dropped["mixture-sampled-out"] = sum(mixture_report["droppedPerGroup"].values())
-        for entry in held.read():
-            row, fmt = entry["row"], entry["format"]
-            if cross is not None:
-                original = cross.find(cross.hasher.signature(comparison_text(fmt, row)))
-                if original is not None:
-                    examples_dropped["cross-split-duplicate"] = examples_dropped.get("cross-split-duplicate", 0) + 1
-                    continue
-            sinks[(entry["split"], fmt)].write(row)
-        held.remove()
-        for sink in sinks.values():
-            sink.close()
-        self._timed("chunkSplitWrite", start)
 
-        examples_per_split = {s: sum(sinks[(s, f)].rows for f in formats) for s in SPLITS}
-        total_examples = sum(examples_per_split.values())
-        if total_examples == 0 and synthesis_stats and synthesis_stats.get("failures"):
-            failed = ", ".join(f"{r} {n}" for r, n in sorted(synthesis_stats["skippedByReason"].items()))
+    def _write_mixture(self) -> None:
+        for fmt, row in self.mixer.mix():
+            self._write_train(fmt, row)
+        self.record.mixture = report = self.mixer.report
+        if report.get("droppedPerGroup"):
+            self.record.examples_dropped["mixture-sampled-out"] = sum(report["droppedPerGroup"].values())
+
+    def _write_held_out(self) -> None:
+        """Validation and test examples, without those that near-duplicate a training example."""
+        cross, dropped = self.cross, self.record.examples_dropped
+        for entry in self.held.read():
+            row, fmt = entry["row"], entry["format"]
+            if cross is not None and cross.find(cross.hasher.signature(comparison_text(fmt, row))) is not None:
+                dropped["cross-split-duplicate"] = dropped.get("cross-split-duplicate", 0) + 1
+                continue
+            self.splits.write(entry["split"], fmt, row)
+        self.held.remove()
+
+    def _check_examples(self) -> None:
+        if self.splits.examples:
+            return
+        formats = ", ".join(self.splits.formats)
+        synthesis = self.record.synthesis
+        if synthesis and synthesis.get("failures"):
+            failed = ", ".join(f"{r} {n}" for r, n in sorted(synthesis["skippedByReason"].items()))
             raise StageError(
-                f"synthesis: the teacher at {synthesis_stats['teacher']} failed ({failed}; last error: "
-                f"{synthesis_stats['lastError']}) and synthesis was the only source of {', '.join(formats)} examples",
+                f"synthesis: the teacher at {synthesis['teacher']} failed ({failed}; last error: "
+                f"{synthesis['lastError']}) and synthesis was the only source of {formats} examples",
                 permanent=False,
             )
-        if total_examples == 0:
-            reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.counter.dropped.items(), key=lambda kv: -kv[1]))
-            teacher = ""
-            if synthesis_stats and synthesis_stats.get("skippedByReason"):
-                skipped = ", ".join(f"{r} {n}" for r, n in sorted(synthesis_stats["skippedByReason"].items()))
-                teacher = f"; the teacher at {synthesis_stats['teacher']} gave no usable examples ({skipped})"
-            raise StageError(
-                f"no training examples: formats {', '.join(formats)} produce nothing from the {self.steps.get('afterRelevance', 0)} "
-                f"documents left (dropped: {reasons}){teacher}"
-            )
-        index_info = None
-        if self.index_builder is not None:
-            index_start = time.monotonic()
-            self.progress.update(force=True, phase="index", chunks=self.index_builder.count)
-            index_info = self.index_builder.write(staging)
-            self._timed("index", index_start)
-        tokens_total = sum(sink.tokens for sink in sinks.values())
-        self.steps["documentsKept"] = kept
-        self.steps["chunks"] = chunks
-        self.steps["examples"] = total_examples
-        stats = {
-            "documentsIn": self.documents_in,
-            "documentsKept": kept,
-            "droppedByReason": dict(sorted(self.counter.dropped.items())),
-            "examplesPerSplit": examples_per_split,
-            "tokens": tokens_total,
-            "kept": f"{kept}/{self.documents_in}",
-        }
-        train_total = sum(group_examples.values()) or 1
-        manifest = {
-            "manifestVersion": 1,
-            "contentHash": self.hash,
-            "pipelineVersion": PIPELINE_VERSION,
-            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "run": config.run.model_dump(mode="json", by_alias=True),
-            "outputUri": config.output_uri,
-            "config": config.model_dump(mode="json", by_alias=True, exclude=RUNTIME_FIELDS),
-            "inputs": {"files": self.inputs["files"], "bytes": self.inputs["bytes"], "digest": self.inputs["digest"], "list": "inputs.jsonl"},
-            "tokenizer": self.tokenizer.name,
-            "sources": list(self.sources.values()),
-            "stats": stats,
-            "steps": self.steps,
-            "droppedByKind": self.counter.dropped_by_kind,
-            "droppedList": "dropped.jsonl",
-            "unitsInByKind": self.kinds_in,
-            "cleaning": {**self.cleaning_stats, "piiRedacted": dict(self.redactor.counts) if self.redactor else {}},
-            "relevance": getattr(self, "relevance_stats", None),
-            "examplesDroppedByReason": examples_dropped,
-            "formats": formats,
-            "splits": {s: {f: sinks[(s, f)].stats() for f in formats} for s in SPLITS},
-            "tokens": {
-                "total": tokens_total,
-                "perSplit": {s: sum(sinks[(s, f)].tokens for f in formats) for s in SPLITS},
-                "perFormat": {f: sum(sinks[(s, f)].tokens for s in SPLITS) for f in formats},
-            },
-            "mixture": {
-                "weights": {"domain": config.mixture.domain, "general": config.mixture.general, "scenario": config.mixture.scenario},
-                "realised": {g: round(n / train_total, 4) for g, n in sorted(group_examples.items())},
-                "trainExamplesPerGroup": dict(sorted(group_examples.items())),
-                "trainTokensPerGroup": dict(sorted(group_tokens.items())),
-                **mixture_report,
-            },
-            "difficulty": {
-                "method": config.difficulty.method,
-                "column": "difficulty",
-                **({"perplexity": self.perplexity.summary()} if self.perplexity is not None else {}),
-            },
-            "synthesis": synthesis_stats,
-            "index": index_info,
-            "schemas": {f: [field.name for field in SCHEMAS[f]] for f in formats},
-            "timingsSeconds": self.timings,
-            "notImplemented": self.not_implemented(),
-        }
+        teacher = ""
+        if synthesis and synthesis.get("skippedByReason"):
+            skipped = ", ".join(f"{r} {n}" for r, n in sorted(synthesis["skippedByReason"].items()))
+            teacher = f"; the teacher at {synthesis['teacher']} gave no usable examples ({skipped})"
+        raise StageError(
+            f"no training examples: formats {formats} produce nothing from the {self.record.steps.get('afterRelevance', 0)} "
+            f"documents left (dropped: {self._drop_reasons()}){teacher}"
+        )
+
+    def _write_index(self, staging: Path) -> None:
+        start = time.monotonic()
+        self.progress.update(force=True, phase="index", chunks=self.index_builder.count)
+        self.record.index = self.index_builder.write(staging)
+        self._timed("index", start)
+
+    def _write_documents(self, staging: Path) -> DatasetResult:
+        """manifest.json, the dataset card, the inputs and dropped lists; returns the stage result."""
+        config, record = self.config, self.record
+        record.steps.update(documentsKept=record.documents_kept, chunks=record.chunks, examples=self.splits.examples)
+        record.pii_redacted = dict(self.redactor.counts) if self.redactor else {}
+        record.perplexity = self.perplexity.summary() if self.perplexity is not None else None
+        manifest = build_manifest(config, self.hash, record, self.splits)
+        stats = manifest["stats"]
         result = DatasetResult(output_uri=config.output_uri, content_hash=self.hash, stats=DatasetStats.model_validate(self._compact(stats)))
         log.info(
             "kept %d of %d documents; examples %s; %d tokens; dropped %s",
-            kept, self.documents_in, examples_per_split, tokens_total, stats["droppedByReason"] or "none",
+            record.documents_kept, record.documents_in, stats["examplesPerSplit"], stats["tokens"], stats["droppedByReason"] or "none",
         )
         manifest["result"] = result.to_wire()
-        write_json(staging / "manifest.json", manifest)
-        (staging / "README.md").write_text(dataset_card(manifest))
-        os.replace(self.work / "inputs.jsonl", staging / "inputs.jsonl")
+        write_json(staging / layout.MANIFEST, manifest)
+        (staging / layout.CARD).write_text(dataset_card(manifest))
+        os.replace(self.work / layout.INPUTS_LIST, staging / layout.INPUTS_LIST)
         self.dropped_log.handle.close()
-        os.replace(self.dropped_log.path, staging / "dropped.jsonl")
+        os.replace(self.dropped_log.path, staging / layout.DROPPED_LIST)
         return result
-
-    def not_implemented(self) -> list[str]:
-        """Parts of the configuration the stage does not apply yet (none at present)."""
-        return []
 
     @staticmethod
     def _compact(stats: dict) -> dict:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from .. import storage
 from ..errors import StageError
 from ..data.ingest import iter_object
+from ..data.layout import read_split
 from ..data.records import Dropped, QARecord
 from ..prompts import question_messages, rag_messages
-from ..train.data import read_split
 from .text import extract_answer
 
 log = logging.getLogger(__name__)

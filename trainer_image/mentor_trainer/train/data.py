@@ -1,18 +1,16 @@
 """The DomainDataset's splits as training examples, and curriculum ordering.
 
-Layout written by the data stage: ``<dataset_uri>/{train,validation,test}/{format}-NNNNN.parquet``
-(formats pretrain: ``text``; sft/cot: ``messages``) with a ``difficulty`` column.
+The splits are read through :mod:`mentor_trainer.data.layout` (formats pretrain: ``text``;
+sft/cot: ``messages``; every row has a ``difficulty`` column).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import random
 from dataclasses import dataclass, field
 
-from .. import storage
+from ..data.layout import read_split
 from ..errors import StageError
 from ..prompts import rag_messages
 
@@ -26,32 +24,6 @@ CHAT_TASKS = ("sft", "mixed")
 class Examples:
     rows: list[dict]  # trainer-ready rows: {"prompt","completion"} | {"messages"} | {"text"}
     difficulty: list[float] = field(default_factory=list)
-
-
-def read_split(dataset_uri: str, split: str, formats: tuple[str, ...]) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    base = storage.parse(dataset_uri).join(split)
-    rows: list[dict] = []
-    try:
-        infos = list(storage.list_objects(base, include=[f"{fmt}-*.parquet" for fmt in formats]))
-    except StageError:
-        return []  # a split directory that does not exist holds no examples
-    for info in infos:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(info.uri)))
-        rows.extend(table.to_pylist())
-    return rows
-
-
-def manifest_hash(dataset_uri: str) -> str | None:
-    """The content hash of the dataset (manifest.json, else the commit marker)."""
-    uri = storage.parse(dataset_uri)
-    try:
-        return json.loads(storage.read_bytes(uri.join("manifest.json"))).get("contentHash")
-    except (StageError, ValueError):
-        pass
-    marker = storage.read_marker(uri) if storage.exists(uri.join(storage.SUCCESS_MARKER)) else None
-    return (marker or {}).get("contentHash")
 
 
 def to_example(row: dict, task: str, completion_only: bool) -> dict | None:
