@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_throughput import LORA, PEAK_BF16, build_model, flops_per_token, hardware, ours_config, write_dataset
+from train_throughput import PEAK_BF16, build_model, flops_per_token, hardware, ours_config, write_dataset
 
 VARIANTS = {
     # name: (method, attention, weights, profiled step ranges)

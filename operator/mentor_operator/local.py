@@ -97,7 +97,7 @@ class LocalExecutor:
         if not resolution.ready:
             return self._finish(body, "Failed", "; ".join(resolution.blocked or resolution.waiting), started)
         out = output_uri(spec, body, self.settings)
-        body["status"].update(phase="Running", startTime=now(), outputUri=out)
+        body["status"].update(phase="Running", startTime=now(), outputUri=out, **resolution.status)
         # A ModelDeployment runs its export stage here; serving is not started locally.
         stage = api.info.stage
         config = render_stage_config(spec, body, resolution.values, self.settings, stage)

@@ -387,7 +387,21 @@ class ControlPlane:
                 *[f"crd/{n}" for n in names],
                 timeout=timeout + 30,
             )
+            self._wait_served(names, timeout)
         return names
+
+    def _wait_served(self, names: list[str], timeout: float) -> None:
+        """Wait until every CRD's resources can be listed: an Established CRD may still answer
+        429 "storage is (re)initializing" for a moment, and a controller that starts then
+        (kopf's initial listing) can stall on it."""
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            pending = [n for n in pending if self.kubectl("get", n, "-A", "-o", "name", check=False).returncode != 0]
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"CRDs established but not served after {timeout}s: {', '.join(pending)}")
+            if pending:
+                time.sleep(0.5)
 
     def create_node(
         self,

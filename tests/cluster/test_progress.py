@@ -44,7 +44,7 @@ def test_trainer_progress_reaches_status_and_printer_columns(cluster, operator, 
     assert env["MENTOR_PROGRESS_PATH"] == status_path(body)
 
     reporter = ProgressReporter(tmp_path / "progress.json", stage_endpoint(cluster, ns, body, tmp_path), interval=0.2)
-    reporter.update(phase="training", step=20, totalSteps=80, loss=2.5, evalLoss=2.75, etaSeconds=61.0, percent="25%")
+    reporter.update(phase="training", step=20, total_steps=80, loss=2.5, eval_loss=2.75, eta_seconds=61.0, percent="25%")
     progress = wait_for(lambda: ns.status("FineTuneJob", "ft").get("progress", {}).get("step") == 20 and ns.status("FineTuneJob", "ft")["progress"], 15, what="progress in status")
     assert progress["phase"] == "training" and progress["totalSteps"] == 80 and progress["updatedAt"]
     columns = printed_columns(cluster, ns, "ft")
@@ -52,7 +52,7 @@ def test_trainer_progress_reaches_status_and_printer_columns(cluster, operator, 
 
     # the latest state wins; close() sends the last one without waiting for the interval
     reporter.update(step=40, percent="50%", loss=1.25)
-    reporter.update(step=80, percent="100%", loss=0.5, etaSeconds=0.0)
+    reporter.update(step=80, percent="100%", loss=0.5, eta_seconds=0.0)
     reporter.close()
     assert ns.status("FineTuneJob", "ft")["progress"]["step"] == 80
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 80

@@ -93,7 +93,10 @@ def full(tiny, baseline, dataset, tmp_path_factory):
 
 def test_result_has_every_suites_metrics(full):
     config, result, out = full
-    assert set(result) == {"passed", "failedGates", "metrics", "comparison", "summary", "reportUri", "calibratedTemperature"}
+    assert set(result) == {
+        "modelUri", "passed", "failedGates", "metrics", "comparison", "summary", "reportUri", "calibratedTemperature"
+    }
+    assert result["modelUri"] == config.model_uri
     metrics = result["metrics"]
     document = json.loads((out / "metrics.json").read_text())
     robustness = document["suites"]["robustness"]

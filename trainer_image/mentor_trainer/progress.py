@@ -108,7 +108,8 @@ class ProgressReporter:
         """Merge ``fields`` (:class:`Progress` fields, e.g. ``total_steps=``) into the state;
         ``force`` writes the file at once (phase changes). An unknown field is a bug: it raises."""
         with self._lock:
-            self.state = Progress.model_validate({**self.state.model_dump(exclude_none=True), **fields, "updated_at": utc_now()})
+            changed = Progress.model_validate(fields).model_dump(exclude_unset=True)
+            self.state = self.state.model_copy(update={**changed, "updated_at": utc_now()})
             snapshot = self.state.to_wire()
         if self.path is not None and (force or time.monotonic() - self._file_written >= FILE_INTERVAL_SECONDS):
             self._file_written = time.monotonic()

@@ -18,6 +18,8 @@ from mentor_trainer.config.common import (
     Tracking,
 )
 
+from .references import Reference
+
 GROUP = "mentor.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -182,15 +184,26 @@ def age_column() -> PrinterColumn:
     return PrinterColumn(name="Age", json_path=".metadata.creationTimestamp", type="date")
 
 
+Workload = Literal["stage", "serving"]
+
+
 @dataclass(frozen=True)
 class KindApi:
-    """One kind's models and naming: the single source the CRD generator and operator read."""
+    """Everything that differs per kind, in one place: its models and naming (the CRD generator
+    reads them), what it references, what its stage returns, and what the operator runs for it."""
 
     info: KindInfo
     spec: type[Spec]
     status: type[StatusBase]
     # What the kind's stage returns; its fields are status fields (the status model inherits it).
     result: type[StageResult]
+    # The references its spec may hold, each resolved into a field of the stage config, in order.
+    references: tuple[Reference, ...] = ()
+    # The status field a reference to this kind resolves to (None: nothing may reference it).
+    output_field: str | None = None
+    # "stage": one Job (or TrainJob) runs the kind's stage and its state is the resource's;
+    # "serving": an export Job, then the serving objects (InferenceService, drift CronJob).
+    workload: Workload = "stage"
 
 
 __all__ = [
@@ -210,6 +223,7 @@ __all__ = [
     "Scheduling",
     "StatusBase",
     "VERSION",
+    "Workload",
     "age_column",
     "phase_column",
     "immutable",

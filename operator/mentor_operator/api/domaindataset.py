@@ -40,4 +40,5 @@ KIND = KindApi(
     spec=DomainDatasetSpec,
     status=DomainDatasetStatus,
     result=DatasetResult,
+    output_field="outputUri",
 )

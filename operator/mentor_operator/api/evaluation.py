@@ -19,6 +19,7 @@ from .common import (
     immutable,
     phase_column,
 )
+from .references import DatasetReference, ModelReference
 
 
 class EvaluationSpec(JobSpecBase, EvaluationOptions):
@@ -67,4 +68,10 @@ KIND = KindApi(
     spec=EvaluationSpec,
     status=EvaluationStatus,
     result=EvaluationResult,
+    references=(
+        ModelReference("modelRef", "modelUri", into="model_uri", run_id_into="training_run_id", record_as="modelUri"),
+        ModelReference("baselineRef", "baselineUri", into="baseline_uri"),
+        DatasetReference(),
+    ),
+    output_field="modelUri",
 )

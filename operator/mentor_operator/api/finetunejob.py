@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from mentor_trainer.config.common import ModelUri
 from mentor_trainer.config.sft import FineTuneOptions, TrainingResult
 
@@ -18,6 +16,7 @@ from .common import (
     immutable,
     phase_column,
 )
+from .references import DatasetReference
 
 
 class FineTuneJobSpec(JobSpecBase, FineTuneOptions):
@@ -55,4 +54,6 @@ KIND = KindApi(
     spec=FineTuneJobSpec,
     status=TrainingStatus,
     result=TrainingResult,
+    references=(DatasetReference(),),
+    output_field="modelUri",
 )

@@ -19,6 +19,7 @@ from .common import (
     age_column,
     phase_column,
 )
+from .references import ModelReference, PassedEvaluation, ServedIndex
 
 
 class ModelDeploymentSpec(JobSpecBase, ServingOptions):
@@ -81,4 +82,10 @@ KIND = KindApi(
     spec=ModelDeploymentSpec,
     status=ModelDeploymentStatus,
     result=ExportResult,
+    references=(
+        ModelReference("modelRef", "modelUri", into="model_uri", record_as="modelUri"),
+        PassedEvaluation(model_from="model_uri"),
+        ServedIndex(),
+    ),
+    workload="serving",
 )

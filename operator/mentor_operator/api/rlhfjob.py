@@ -7,6 +7,7 @@ from mentor_trainer.config.rlhf import RLHFOptions
 from mentor_trainer.config.sft import TrainingResult
 from .common import JobSpecBase, KindApi, KindInfo, ModelRef, PrinterColumn, ResourceRef, immutable
 from .finetunejob import TrainingStatus, training_columns
+from .references import DatasetReference, ModelReference
 
 
 class RLHFJobSpec(JobSpecBase, RLHFOptions):
@@ -36,4 +37,6 @@ KIND = KindApi(
     spec=RLHFJobSpec,
     status=TrainingStatus,
     result=TrainingResult,
+    references=(ModelReference("policyRef", "policyModel", into="policy_model"), DatasetReference()),
+    output_field="modelUri",
 )

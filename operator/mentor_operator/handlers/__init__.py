@@ -1,5 +1,6 @@
-"""kopf handlers: one module per kind, the child watches, and operator start-up."""
+"""kopf handlers: the Mentor kinds (kinds.py), the watches on the objects they create
+(children.py) and operator start-up (startup.py). Importing the package registers them."""
 
-from . import children, domaindataset, evaluation, finetunejob, modeldeployment, rlhfjob, startup
+from . import children, kinds, startup
 
-__all__ = ["children", "domaindataset", "evaluation", "finetunejob", "modeldeployment", "rlhfjob", "startup"]
+__all__ = ["children", "kinds", "startup"]

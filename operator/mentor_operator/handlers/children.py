@@ -10,7 +10,7 @@ import kopf
 
 from ..api import KINDS
 from ..builders.meta import LABEL_MANAGED_BY, MANAGED_BY, child_name
-from .common import cached_lookup, plain
+from .kinds import cached_lookup, plain
 from .reconcile import Context, fold_deployment, fold_runner, reconcile
 
 log = logging.getLogger("mentor.children")
@@ -49,7 +49,7 @@ def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> 
     owner = _owner(ctx, child)
     if owner is None:
         return
-    if owner["kind"] == "ModelDeployment":
+    if KINDS[owner["kind"]].workload == "serving":
         # The export Job finishing means the InferenceService can be created now.
         reconcile(ctx, owner)
         return

@@ -22,7 +22,7 @@ from ..api import KINDS
 from ..builders import plan_deployment_children, plan_job_children
 from ..builders.access import build_stage_access, stage_account
 from ..builders.config import output_uri
-from ..builders.inputs import Lookup, resolve_inputs
+from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.meta import child_name
 from ..kube import Kube
 from ..metrics import PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -131,13 +131,16 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
 
     out = output_uri(spec, body, ctx.settings)
     _ensure_stage_access(ctx, meta["namespace"], stage_account(spec, ctx.settings))
-    if body["kind"] == "ModelDeployment":
-        return _reconcile_deployment(ctx, body, spec, resolution.values, out)
+    reconcile_workload = _reconcile_serving if api.workload == "serving" else _reconcile_stage
+    return reconcile_workload(ctx, body, spec, resolution, out)
+
+
+def _reconcile_stage(ctx: Context, body: dict[str, Any], spec: Any, resolution: Resolution, out: str) -> str:
+    """A kind whose stage Job (or TrainJob) is the resource: apply it, fold its state."""
+    status = body.get("status") or {}
     plan = plan_job_children(body, spec, resolution.values, ctx.settings, ctx.kubeflow_trainer)
     runner = _apply(ctx, plan.children, plan.runner)
-    extra = {"outputUri": out, "children": _children_names(plan.children)}
-    if body["kind"] == "Evaluation":
-        extra["modelUri"] = resolution.values.get("model_uri")
+    extra = {"outputUri": out, "children": _children_names(plan.children), **resolution.status}
     if not status.get("startTime"):
         extra["startTime"] = now()
     fold_runner(ctx, {**body, "status": {**status}}, runner, extra)
@@ -177,17 +180,10 @@ def _apply(ctx: Context, children: list[dict[str, Any]], runner_plan: dict[str, 
 
 
 def _children_names(children: list[dict[str, Any]]) -> dict[str, str]:
-    status_field = {
-        "ConfigMap": "configMap",
-        "Job": "job",
-        "TrainJob": "trainJob",
-        "Service": "service",
-        "InferenceService": "inferenceService",
-        "CronJob": "cronJob",
-    }
+    """status.children: each child's name under its kind in lowerCamelCase (job, configMap...)."""
     names: dict[str, str] = {}
     for child in children:
-        names.setdefault(status_field[child["kind"]], child["metadata"]["name"])
+        names.setdefault(child["kind"][0].lower() + child["kind"][1:], child["metadata"]["name"])
     return names
 
 
@@ -220,13 +216,15 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
     return state.phase
 
 
-def _reconcile_deployment(ctx: Context, body: dict[str, Any], spec: Any, resolved: dict[str, Any], out: str) -> str:
+def _reconcile_serving(ctx: Context, body: dict[str, Any], spec: Any, resolution: Resolution, out: str) -> str:
+    """A served model: the export Job first, then the serving objects; the resource's state
+    comes from both."""
     meta = body["metadata"]
     status = body.get("status") or {}
     export_name = child_name(meta["name"], "export")
     export_job = ctx.kube.get("Job", meta["namespace"], export_name, "batch/v1")
     exported = runner_state(export_job).phase == "Succeeded"
-    plan = plan_deployment_children(body, spec, resolved, ctx.settings, exported)
+    plan = plan_deployment_children(body, spec, resolution.values, ctx.settings, exported)
     # The export run is fixed once started; the serving objects follow the spec (server-side
     # apply), so scaling, canary or schedule changes roll out.
     export_objects = plan.children[:2]
@@ -236,7 +234,7 @@ def _reconcile_deployment(ctx: Context, body: dict[str, Any], spec: Any, resolve
     extra = {
         "outputUri": out,
         "children": _children_names(plan.children),
-        "modelUri": resolved.get("model_uri"),
+        **resolution.status,
         "startTime": status.get("startTime") or now(),
     }
     fold_deployment(ctx, {**body, "status": status}, runner, applied_isvc, extra)

@@ -1,5 +1,6 @@
-"""kopf registrations every kind shares: reconcile on create/update/resume, phase tracking,
-and the index of which resources wait on which."""
+"""kopf registrations of the Mentor kinds, the same for each: reconcile on create/update/resume,
+phase tracking, and the indexes of succeeded resources and of which resources wait on which.
+What differs per kind is declared on its KindApi (api/), not here."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .reconcile import reconcile
 
 
 def register(api: KindApi) -> None:
+    """Register the handlers of one kind."""
     plural = api.info.plural
 
     @kopf.on.resume(GROUP, VERSION, plural, id="reconcile-resume")
@@ -68,3 +70,7 @@ def cached_lookup(ctx: Any, namespace: str, indexes: dict[str, Any]):
 def plain(body: Any) -> dict[str, Any]:
     """kopf's Body view as a plain JSON dict (builders and the API client take plain JSON)."""
     return json.loads(json.dumps(body, default=dict))
+
+
+for _api in KINDS.values():
+    register(_api)
