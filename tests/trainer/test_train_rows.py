@@ -8,7 +8,7 @@ import pytest
 
 from mentor_trainer.errors import StageError
 from mentor_trainer.prompts import rag_messages
-from mentor_trainer.train.data import Examples, as_text_pairs, to_example, with_retrieved_context
+from mentor_trainer.train.rows import Examples, as_text_pairs, to_example, with_retrieved_context
 
 QUESTION = [{"role": "user", "content": "When is the Lantern Flush picked?"}]
 ANSWER = [{"role": "assistant", "content": "In October."}]

@@ -16,7 +16,7 @@ from ..errors import StageError
 from ..progress import ProgressReporter
 from ..timestamps import utc_now
 from ..tracking import Tracker
-from .examples import EvalData, load_eval_data
+from .eval_data import EvalData, load_eval_data
 from .stats import Comparison, evaluate_gates, gate_text, paired_bootstrap, paired_bootstrap_ratio
 from .suites import Shared, SuiteResult, SuiteRunner
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import StageError
 from . import metrics as m
 from .calibration import expected_calibration_error, fit_temperature, reliability_curve, softmax_confidences
-from .examples import EvalData, QAItem
+from .eval_data import EvalData, QAItem
 from .perturb import PERTURBATIONS, RED_TEAM_PROMPTS, is_refusal, leaks, perturb
 from .text import extract_answer, is_well_formed
 

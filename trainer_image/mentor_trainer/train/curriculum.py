@@ -1,12 +1,12 @@
 """Curriculum training: the training rows stage by stage (each stage the easiest share of the
-examples, :func:`~mentor_trainer.train.data.curriculum_stages`), tokenized and packed one
+examples, :func:`~mentor_trainer.train.rows.curriculum_stages`), tokenized and packed one
 stage at a time so packing never mixes stages, and read in that order (the public
 ``train_sampling_strategy="sequential"``, set in :mod:`.arguments`)."""
 
 from __future__ import annotations
 
 from ..config.sft import Curriculum, SftStageConfig
-from .data import Examples, curriculum_stages
+from .rows import Examples, curriculum_stages
 
 STAGE_COLUMN = "_curriculum_stage"
 

@@ -1,4 +1,4 @@
-"""The DomainDataset's splits as training examples, and curriculum ordering.
+"""The DomainDataset's splits as trainer-ready rows, and curriculum ordering.
 
 The splits are read through :mod:`mentor_trainer.data.layout` (formats pretrain: ``text``;
 sft/cot: ``messages``; every row has a ``difficulty`` column).

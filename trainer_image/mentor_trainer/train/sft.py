@@ -34,7 +34,7 @@ from . import checkpoints, methods, packed_attention
 from .arguments import sft_arguments
 from .callbacks import nan_guard_callback, progress_callback
 from .curriculum import curriculum_trainer_class, enabled_curriculum, staged_rows
-from .data import CHAT_TASKS, Examples
+from .rows import CHAT_TASKS, Examples
 from .device import check_device, choose_precision, quantization_config, weights_dtype
 from .job import Job
 from .publish import publish_outputs

@@ -8,7 +8,7 @@ import random
 
 from ..config.sft import SftStageConfig
 from ..errors import StageError
-from .data import CHAT_TASKS, TASK_FORMATS, Examples, as_text_pairs, load_examples, with_retrieved_context
+from .rows import CHAT_TASKS, TASK_FORMATS, Examples, as_text_pairs, load_examples, with_retrieved_context
 
 
 def completion_only_loss(config: SftStageConfig) -> bool:
