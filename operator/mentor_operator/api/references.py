@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from mentor_trainer.data.layout import INDEX_DIR
+
 Lookup = Callable[[str, str], "dict[str, Any] | None"]
 
 
@@ -166,4 +168,4 @@ class ServedIndex:
             resolution.blocked.append("spec.rag: no index to serve; set rag.datasetRef or deploy a FineTuneJob's model")
             return
         root = resolution.output_of("DomainDataset", dataset, "spec.rag.datasetRef")
-        resolution.values[self.into] = f"{root.rstrip('/')}/index/" if root else None
+        resolution.values[self.into] = f"{root.rstrip('/')}/{INDEX_DIR}/" if root else None
