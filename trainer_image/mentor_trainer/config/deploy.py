@@ -48,12 +48,24 @@ class Canary(Spec):
     max_error_rate: Fraction = Field(default=0.05, description="Roll back above this error rate.")
 
 
+class Batching(Spec):
+    """Dynamic batching: concurrent requests are generated together."""
+
+    max_batch_size: PositiveInt = Field(default=8, le=256, description="Requests generated together at most.")
+    max_wait_ms: NonNegativeInt = Field(
+        default=10, le=10000, description="How long the first request of a batch waits for others to join."
+    )
+
+
 class PayloadLogging(Spec):
     """Logging of requests and responses, the input of drift monitoring."""
 
     enabled: bool = Field(default=True, description="Log payloads.")
     sample_rate: Fraction = Field(default=1.0, description="Share of requests logged.")
     uri: StorageUri | None = Field(default=None, description="Where logs go (default: under the deployment's output).")
+    format: Literal["jsonl", "parquet"] = Field(default="jsonl", description="File format of the logged batches.")
+    flush_every: PositiveInt = Field(default=64, le=100000, description="Write a batch after this many logged requests.")
+    flush_seconds: PositiveInt = Field(default=10, le=3600, description="Write a batch at least this often when there are requests.")
 
 
 class Drift(Spec):
@@ -100,6 +112,10 @@ class ServingOptions(Spec):
         default=None, gt=0, le=5, description="Logit temperature; default: the evaluation's calibrated temperature."
     )
     max_new_tokens: PositiveInt = Field(default=512, description="Default generation length.")
+    chain_of_thought: bool = Field(
+        default=False, description="Ask for reasoning in a <think> block before the answer (the answer alone is returned)."
+    )
+    batching: Batching = Field(default_factory=Batching, description="Dynamic batching of concurrent requests.")
     rag: Rag | None = Field(default=None, description="Retrieval-augmented generation.")
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas.")
     canary: Canary | None = Field(default=None, description="Canary rollout of new versions.")
@@ -110,16 +126,41 @@ class ServingOptions(Spec):
 class ExportStageConfig(StageRuntime):
     """The rendered config `mentor-trainer export` reads: model -> servable artefact."""
 
-    model_uri: ModelUri = Field(description="Model to export.")
+    model_uri: ModelUri = Field(description="Model to export (an adapter is merged into its base).")
     runtime: Runtime = Field(description="Target runtime.")
     quantization: QuantizationExport = Field(default_factory=QuantizationExport, description="Quantisation.")
+    temperature: float | None = Field(
+        default=None, gt=0, le=5, description="Default sampling temperature written to the generation config."
+    )
+    max_new_tokens: PositiveInt = Field(default=512, description="Default generation length.")
+    batching: Batching = Field(default_factory=Batching, description="Dynamic batching (Triton's config.pbtxt).")
+    serving_gpus: NonNegativeInt = Field(default=0, description="GPUs per serving replica (Triton's instance group).")
+    dataset_uri: StorageUri | None = Field(
+        default=None, description="Dataset whose validation texts measure perplexity before and after quantisation."
+    )
+
+
+class ExportResult(StageResult):
+    """Outcome of `mentor-trainer export`: the servable artefact and what quantisation cost."""
+
+    model_uri: str | None = Field(default=None, description="Model being served (the exported artefact).")
+    quantization: str | None = Field(default=None, description="Weight quantisation applied.")
+    size_bytes: int | None = Field(default=None, description="Size of the exported weights.")
+    unquantized_size_bytes: int | None = Field(default=None, description="Size of the weights before quantisation.")
+    perplexity: float | None = Field(default=None, description="Perplexity of the exported model on validation texts.")
+    unquantized_perplexity: float | None = Field(default=None, description="The same before quantisation.")
+    temperature: float | None = Field(default=None, description="Default sampling temperature of the served model.")
 
 
 class ServeStageConfig(StageRuntime, ServingOptions):
     """The rendered config the mentor ModelServer reads."""
 
     model_uri: ModelUri = Field(description="Exported model to serve.")
+    model_version: str | None = Field(default=None, description="Version logged with each request (the source model).")
     index_uri: StorageUri | None = Field(default=None, description="Retrieval index for RAG.")
+    payload_log_uri: StorageUri | None = Field(default=None, description="Where payload logs and feedback are written.")
+    http_port: PositiveInt = Field(default=8080, le=65535, description="REST port (Open Inference Protocol v2, OpenAI).")
+    grpc_port: PositiveInt = Field(default=8081, le=65535, description="gRPC port (Open Inference Protocol v2).")
 
 
 class DriftStageConfig(StageRuntime):
@@ -128,9 +169,3 @@ class DriftStageConfig(StageRuntime):
     drift: Drift = Field(description="Drift settings.")
     payload_log_uri: StorageUri = Field(description="Logged traffic.")
     reference_uri: StorageUri = Field(description="Reference data.")
-
-
-class ExportResult(StageResult):
-    """Outcome of `mentor-trainer export`: the servable artefact."""
-
-    model_uri: str | None = Field(default=None, description="Model being served.")
