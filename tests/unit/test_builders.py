@@ -151,9 +151,28 @@ def test_inference_service_per_runtime(runtime, expected):
     isvc = next(c for c in plan.children if c["kind"] == "InferenceService")
     predictor = isvc["spec"]["predictor"]
     assert predictor["model"]["runtime"] == expected
-    assert predictor["model"]["storageUri"] == "s3://art/team-a/modeldeployment/demo/uid-1/export/"
+    served = "triton/" if runtime == "triton" else "model/"
+    assert predictor["model"]["storageUri"] == f"s3://art/team-a/modeldeployment/demo/uid-1/export/{served}"
+    assert predictor["model"]["securityContext"]["runAsNonRoot"] is True  # every runtime is restricted
     assert predictor["canaryTrafficPercent"] == 20 and predictor["maxReplicas"] == 3
     assert not any(c["kind"] == "CronJob" for c in plan.children)
+
+
+def test_export_writes_under_its_own_prefix_on_cpu_with_the_serving_defaults():
+    spec = {"modelUri": "s3://m/x/", "runtime": "triton", "resources": {"gpus": 2}, "temperature": 0.7,
+            "batching": {"maxBatchSize": 16, "maxWaitMs": 5}}
+    b = body("ModelDeployment", spec)
+    model = KINDS["ModelDeployment"].spec.model_validate(spec)
+    plan = plan_deployment_children(b, model, {"model_uri": "s3://m/x/", "dataset_uri": "s3://art/docs/"}, SETTINGS, False)
+    config = json.loads(plan.children[0]["data"]["config.json"])
+    assert config["outputUri"] == "s3://art/team-a/modeldeployment/demo/uid-1/export/"
+    assert config["modelUri"] == "s3://m/x/" and config["datasetUri"] == "s3://art/docs/"
+    assert config["temperature"] == 0.7 and config["servingGpus"] == 2 and config["batching"]["maxBatchSize"] == 16
+    resources = plan.runner["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in json.dumps(resources)  # export runs on CPU
+    int4 = KINDS["ModelDeployment"].spec.model_validate({**spec, "runtime": "mentor", "quantization": {"method": "int4"}})
+    gpu_plan = plan_deployment_children(b, int4, {"model_uri": "s3://m/x/"}, SETTINGS, False)
+    assert "nvidia.com/gpu" in json.dumps(gpu_plan.runner["spec"]["template"]["spec"]["containers"][0]["resources"])
 
 
 def test_mentor_runtime_and_drift_cron_job():
@@ -164,8 +183,13 @@ def test_mentor_runtime_and_drift_cron_job():
     isvc = next(c for c in plan.children if c["kind"] == "InferenceService")
     container = isvc["spec"]["predictor"]["containers"][0]
     assert container["command"][:2] == ["mentor-trainer", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     serve_cm = next(c for c in plan.children if c["metadata"]["name"] == "demo-serve-config")
-    assert json.loads(serve_cm["data"]["config.json"])["indexUri"] == "s3://art/docs/index/"
+    serve_config = json.loads(serve_cm["data"]["config.json"])
+    assert serve_config["indexUri"] == "s3://art/docs/index/"
+    out = "s3://art/team-a/modeldeployment/demo/uid-1/"
+    assert serve_config["modelUri"] == f"{out}export/model/" and serve_config["modelVersion"] == "s3://m/x/"
+    assert serve_config["payloadLogUri"] == f"{out}payloads/"
     cron = next(c for c in plan.children if c["kind"] == "CronJob")
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     drift_container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]

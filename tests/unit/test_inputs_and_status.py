@@ -48,6 +48,22 @@ def test_deployment_refuses_a_model_whose_evaluation_failed():
     assert resolve_inputs("ModelDeployment", spec, lookup_from(objects)).ready
 
 
+def test_deployment_inputs_calibrated_temperature_and_training_dataset():
+    spec = {"modelRef": {"name": "ft"}, "evaluationRef": {"name": "ev"}}
+    objects = {
+        ("FineTuneJob", "ft"): {"spec": {"datasetRef": {"name": "docs"}}, "status": {"phase": "Succeeded", "modelUri": "s3://a/m/"}},
+        ("Evaluation", "ev"): {"status": {"phase": "Succeeded", "modelUri": "s3://a/m/", "passed": True, "calibratedTemperature": 0.8}},
+    }
+    r = resolve_inputs("ModelDeployment", spec, lookup_from(objects))
+    # the training dataset is optional (a quick perplexity check): absent, nothing waits
+    assert r.ready and r.values == {"model_uri": "s3://a/m/", "temperature": 0.8}
+    assert r.status == {"modelVersion": "s3://a/m/"}
+    objects[("DomainDataset", "docs")] = {"status": {"phase": "Succeeded", "outputUri": "s3://a/docs/"}}
+    assert resolve_inputs("ModelDeployment", spec, lookup_from(objects)).values["dataset_uri"] == "s3://a/docs/"
+    # a temperature the user set wins over the calibrated one
+    assert "temperature" not in resolve_inputs("ModelDeployment", {**spec, "temperature": 0.3}, lookup_from(objects)).values
+
+
 def test_conditions_keep_transition_time_until_status_flips():
     first = set_condition([], "Ready", False, "Waiting", "a")
     again = set_condition(first, "Ready", False, "Waiting", "b")

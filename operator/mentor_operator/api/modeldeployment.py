@@ -19,7 +19,7 @@ from .common import (
     age_column,
     phase_column,
 )
-from .references import ModelReference, PassedEvaluation, ServedIndex
+from .references import ModelReference, PassedEvaluation, ServedIndex, TrainingDataset
 
 
 class ModelDeploymentSpec(JobSpecBase, ServingOptions):
@@ -59,6 +59,7 @@ class ModelDeploymentStatus(StatusBase, ExportResult):
     """Observed state of a ModelDeployment."""
 
     url: str | None = Field(default=None, description="URL of the InferenceService.")
+    model_version: str | None = Field(default=None, description="The source model being served (what was exported).")
     canary_model_uri: str | None = Field(default=None, description="Model receiving canary traffic.")
     drift: DriftStatus = Field(default_factory=DriftStatus, description="Drift monitoring.")
 
@@ -83,9 +84,10 @@ KIND = KindApi(
     status=ModelDeploymentStatus,
     result=ExportResult,
     references=(
-        ModelReference("modelRef", "modelUri", into="model_uri", record_as="modelUri"),
-        PassedEvaluation(model_from="model_uri"),
+        ModelReference("modelRef", "modelUri", into="model_uri", record_as="modelVersion"),
+        PassedEvaluation(model_from="model_uri", temperature_into="temperature"),
         ServedIndex(),
+        TrainingDataset(),
     ),
     workload="serving",
 )

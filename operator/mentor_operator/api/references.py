@@ -64,6 +64,11 @@ class Reference(Protocol):
         ...
 
 
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
 def _ref_kind(ref: dict[str, Any]) -> str:
     return ref.get("kind", "FineTuneJob")  # ModelRef's default kind
 
@@ -115,10 +120,12 @@ class ModelReference:
 @dataclass(frozen=True)
 class PassedEvaluation:
     """`evaluationRef`: an Evaluation that must have passed, on the very model (the value
-    resolved into `model_from`), before anything rolls out. Resolves to no config field."""
+    resolved into `model_from`), before anything rolls out. Its calibrated temperature
+    becomes the config field `temperature_into` unless the spec sets that field itself."""
 
     field: str = "evaluationRef"
     model_from: str = "model_uri"
+    temperature_into: str | None = None
 
     def targets(self, spec: dict[str, Any]) -> list[tuple[str, str]]:
         return [("Evaluation", spec[self.field]["name"])] if spec.get(self.field) else []
@@ -141,6 +148,8 @@ class PassedEvaluation:
             resolution.blocked.append(
                 f"{path}: Evaluation {name!r} evaluated {status['modelUri']}, not the model to deploy {model_uri}"
             )
+        elif self.temperature_into and spec.get(_camel(self.temperature_into)) is None:
+            resolution.values[self.temperature_into] = status.get("calibratedTemperature")
 
 
 @dataclass(frozen=True)
@@ -169,3 +178,26 @@ class ServedIndex:
             return
         root = resolution.output_of("DomainDataset", dataset, "spec.rag.datasetRef")
         resolution.values[self.into] = f"{root.rstrip('/')}/{INDEX_DIR}/" if root else None
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """The dataset the referenced FineTuneJob trained on, as the config field `into`, when it
+    is still there: an optional input (e.g. texts for a quick check), never a reason to wait."""
+
+    into: str = "dataset_uri"
+    model_ref_field: str = "modelRef"
+
+    def targets(self, spec: dict[str, Any]) -> list[tuple[str, str]]:
+        return []
+
+    def resolve(self, spec: dict[str, Any], resolution: Resolution) -> None:
+        model_ref = spec.get(self.model_ref_field)
+        if not model_ref or _ref_kind(model_ref) != "FineTuneJob":
+            return
+        trainer = resolution.lookup("FineTuneJob", model_ref["name"]) or {}
+        dataset = ((trainer.get("spec") or {}).get("datasetRef") or {}).get("name")
+        body = resolution.lookup("DomainDataset", dataset) if dataset else None
+        status = (body or {}).get("status") or {}
+        if status.get("phase") == "Succeeded":
+            resolution.values[self.into] = status.get(resolution.outputs["DomainDataset"])

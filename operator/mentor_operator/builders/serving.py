@@ -23,8 +23,27 @@ DRIFT_RESOURCES = Resources(gpus=0, cpu="1", memory="2Gi", shm_size="64Mi")
 
 
 def export_uri(output_uri: str) -> str:
-    """Where the export Job writes the servable model (KServe reads s3:// and pvc://)."""
+    """Where the export Job writes (its stage's output URI)."""
     return f"{output_uri.rstrip('/')}/export/"
+
+
+def served_model_uri(output_uri: str, runtime: str) -> str:
+    """What the runtime loads from the export: a Triton model repository for `triton`, the
+    exported Hugging Face directory otherwise (KServe reads s3:// and pvc://)."""
+    return f"{export_uri(output_uri)}{'triton' if runtime == 'triton' else 'model'}/"
+
+
+def export_resources(spec: ModelDeploymentSpec) -> Resources:
+    """The export runs on CPU with the replica's CPU and memory; only quantisation that needs
+    the hardware (int4, fp8) asks for the replica's GPUs."""
+    gpus = spec.resources.gpus if spec.quantization.method in ("int4", "fp8") else 0
+    return spec.resources.model_copy(update={"gpus": gpus})
+
+
+def payload_log_uri(spec: ModelDeploymentSpec, output_uri: str) -> str | None:
+    if not spec.logging.enabled:
+        return None
+    return spec.logging.uri or f"{output_uri.rstrip('/')}/payloads/"
 
 
 def build_inference_service(
@@ -57,7 +76,9 @@ def build_inference_service(
                 "name": "kserve-container",
                 "image": spec.image or settings.serve_image,
                 "command": ["mentor-trainer", "serve", "--config", CONFIG_FILE],
-                "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
+                "ports": [{"name": "http1", "containerPort": config.http_port, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": config.http_port}, "periodSeconds": 5},
+                "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": config.http_port}, "periodSeconds": 15, "failureThreshold": 4},
                 "resources": container_resources(spec),
                 "securityContext": RESTRICTED_CONTAINER_SECURITY,
                 "volumeMounts": [
@@ -78,6 +99,7 @@ def build_inference_service(
             "storageUri": config.model_uri,
             "resources": container_resources(spec),
             "args": [f"--model_name={name}"],
+            "securityContext": RESTRICTED_CONTAINER_SECURITY,
         }
         if spec.runtime == "triton":
             predictor["model"]["protocolVersion"] = "v2"

@@ -241,6 +241,14 @@ def _reconcile_serving(ctx: Context, body: dict[str, Any], spec: Any, resolution
     return "applied"
 
 
+def _export_result(ctx: Context, body: dict[str, Any], export_job: dict[str, Any]) -> dict[str, Any]:
+    """Status fields from the succeeded export's result: the served artefact and what its
+    quantisation cost."""
+    pods = ctx.kube.list("Pod", body["metadata"]["namespace"], "v1", f"batch.kubernetes.io/job-name={export_job['metadata']['name']}")
+    termination = pod_termination(pods, "Succeeded")
+    return result_status(KINDS[body["kind"]], parse_result(termination[1]) if termination else {}, None)
+
+
 def fold_deployment(
     ctx: Context, body: dict[str, Any], export_job: dict[str, Any] | None, isvc: dict[str, Any] | None, extra: dict[str, Any] | None = None
 ) -> str:
@@ -258,6 +266,8 @@ def fold_deployment(
     else:
         phase, reason, message = inference_service_phase(isvc, status.get("phase") in ("Ready", "Degraded"))
         changes = _phase_status(body, phase, reason, message, ready=phase == "Ready")
+        if "quantization" not in status:  # the export's result (it always names its quantisation), read once
+            changes.update(_export_result(ctx, body, export_job))
         isvc_status = (isvc or {}).get("status") or {}
         if isvc_status.get("url"):
             changes["url"] = isvc_status["url"]
