@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         line = f"<== {step.kind}/{step.name}: {step.phase} in {step.seconds:.1f}s"
         print(line + (f": {step.message}" if step.message else ""))
 
-    results = LocalExecutor(Path(args.root)).run(ordered, on_step=report)
+    executor = LocalExecutor(Path(args.root), serve_seconds=args.serve_seconds, serve_port=args.port)
+    results = executor.run(ordered, on_step=report)
     print(f"\n{'KIND':<16} {'NAME':<28} {'PHASE':<10} {'SECONDS':>8}  OUTPUT")
     for step in results:
         # an Evaluation's status names the model it evaluated; its own output is the report
@@ -155,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="Run a pipeline's stages locally in dependency order.")
     run.add_argument("-f", "--file", action="append", required=True, help="File or directory (repeatable).")
     run.add_argument("--root", default=".mentor", help="Local artifact root (default: ./.mentor).")
+    run.add_argument(
+        "--serve-seconds", type=float, default=None,
+        help="Serve a ModelDeployment this long after exporting it (default: until Ctrl-C; 0: export only).",
+    )
+    run.add_argument("--port", type=int, default=8080, help="Local port of a served ModelDeployment (gRPC: port + 1).")
     run.set_defaults(func=_run)
 
     args = parser.parse_args(argv)

@@ -6,19 +6,39 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .api import KINDS
+from .builders import render_export_config, render_serve_config
 from .builders.config import output_uri, render_stage_config
 from .builders.inputs import resolve_inputs
 from .resources import Document
 from .settings import Settings
 from .status import TERMINAL_PHASES, now, parse_result, result_status
+
+
+READY_TIMEOUT_SECONDS = 300
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def read_progress(path: Path) -> dict[str, Any]:
@@ -53,10 +73,20 @@ def absolute_file_uris(value: Any, base: Path) -> Any:
 
 
 class LocalExecutor:
-    def __init__(self, root: Path, out: TextIO | None = None, python: str = sys.executable):
+    def __init__(
+        self,
+        root: Path,
+        out: TextIO | None = None,
+        python: str = sys.executable,
+        serve_seconds: float | None = 0,
+        serve_port: int = 8080,
+    ):
         self.root = root.resolve()
         self.out = out or sys.stdout
         self.python = python
+        # A ModelDeployment is exported, then served this long (None: until Ctrl-C; 0: not served).
+        self.serve_seconds = serve_seconds
+        self.serve_port = serve_port
         self.settings = Settings(
             artifact_root=(self.root / "artifacts").as_uri(),
             mlflow_tracking_uri=f"sqlite:///{self.root / 'mlflow.db'}",
@@ -98,15 +128,58 @@ class LocalExecutor:
             return self._finish(body, "Failed", "; ".join(resolution.blocked or resolution.waiting), started)
         out = output_uri(spec, body, self.settings)
         body["status"].update(phase="Running", startTime=now(), outputUri=out, **resolution.status)
-        # A ModelDeployment runs its export stage here; serving is not started locally.
         stage = api.info.stage
-        config = render_stage_config(spec, body, resolution.values, self.settings, stage)
+        if api.workload == "serving":
+            config = render_export_config(body, spec, resolution.values, self.settings)
+        else:
+            config = render_stage_config(spec, body, resolution.values, self.settings, stage)
         ok, message = self._run_stage(doc, stage, config)
         if not ok:
             return self._finish(body, "Failed", message, started)
         status = result_status(api, parse_result(message), out, body["status"].get("conditions"), body["metadata"].get("generation"))
         body["status"].update(status)
+        if api.workload == "serving" and self.serve_seconds != 0:
+            if spec.runtime != "mentor":
+                return self._finish(body, "Succeeded", f"exported for the {spec.runtime} runtime; only the mentor runtime serves locally", started)
+            serve_config = render_serve_config(body, spec, resolution.values, self.settings)
+            ok, message = self._serve(doc, body, serve_config.model_copy(update={"http_port": self.serve_port, "grpc_port": self.serve_port + 1}))
+            if not ok:
+                return self._finish(body, "Failed", message, started)
         return self._finish(body, "Succeeded", status.get("message", ""), started)
+
+    def _serve(self, doc: Document, body: dict[str, Any], config: Any) -> tuple[bool, str]:
+        """Start the mentor runtime on localhost, say how to call it, keep it up for
+        serve_seconds (None: until Ctrl-C), then stop it gracefully."""
+        config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-serve.json"
+        config_path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+        url = f"http://127.0.0.1:{config.http_port}"
+        self.out.write(f"==> {doc.kind}/{doc.name}: mentor-trainer serve --config {config_path}\n")
+        self.out.flush()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.mlflow_tracking_uri}
+        process = subprocess.Popen([self.python, "-m", "mentor_trainer.cli", "serve", "--config", str(config_path)], env=env)
+        try:
+            if not _wait_ready(f"{url}/v2/health/ready", process, READY_TIMEOUT_SECONDS):
+                return False, f"the server did not become ready within {READY_TIMEOUT_SECONDS}s (exit code {process.poll()})"
+            body["status"]["url"] = url
+            self.out.write(
+                f"    [{doc.name}] serving at {url} (OpenAI: {url}/v1, Open Inference Protocol v2: {url}/v2)\n"
+                f"    [{doc.name}] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+                f"-d '{{\"model\": \"{doc.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
+            )
+            self.out.flush()
+            process.wait(timeout=self.serve_seconds)
+        except subprocess.TimeoutExpired:
+            pass  # served as long as asked
+        except KeyboardInterrupt:
+            self.out.write(f"    [{doc.name}] stopping\n")
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        return True, ""
 
     def _run_stage(self, doc: Document, stage: str, config: Any) -> tuple[bool, str]:
         config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-{stage}.json"
