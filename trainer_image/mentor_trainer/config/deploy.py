@@ -169,3 +169,16 @@ class DriftStageConfig(StageRuntime):
     drift: Drift = Field(description="Drift settings.")
     payload_log_uri: StorageUri = Field(description="Logged traffic.")
     reference_uri: StorageUri = Field(description="Reference data.")
+
+
+class ServeResult(StageResult):
+    """Outcome of `mentor-trainer serve` after a graceful shutdown: what it served."""
+
+    model_uri: str | None = Field(default=None, description="Model that was served.")
+    model_version: str | None = Field(default=None, description="Version logged with each request.")
+    requests_served: NonNegativeInt = Field(default=0, description="Generation requests answered (OpenAI and v2 rows).")
+    requests_failed: NonNegativeInt = Field(default=0, description="Generation requests that failed (4xx/5xx).")
+    tokens_generated: NonNegativeInt = Field(default=0, description="Completion tokens generated.")
+    payload_logs_written: NonNegativeInt = Field(default=0, description="Payload records written to the log sink.")
+    payload_logs_dropped: NonNegativeInt = Field(default=0, description="Payload records lost (sink down, queue full).")
+    rag: str | None = Field(default=None, description='Retrieval: "ok", "unavailable: <reason>" or None when off.')
