@@ -35,6 +35,7 @@ STAGE_MODULES = {
     "export": "mentor_trainer.export",
     "serve": "mentor_trainer.serve",
     "drift": "mentor_trainer.drift",
+    "rollout": "mentor_trainer.rollout",
 }
 TERMINATION_LOG = "/dev/termination-log"
 EXIT_TRANSIENT = 1

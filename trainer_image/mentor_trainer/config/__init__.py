@@ -2,7 +2,15 @@
 
 from .common import CelRule, Progress, Spec, StageResult, StageRuntime
 from .data import DatasetResult, DataStageConfig, DatasetOptions
-from .deploy import DriftStageConfig, ExportResult, ExportStageConfig, ServeStageConfig, ServingOptions
+from .deploy import (
+    DriftStageConfig,
+    ExportResult,
+    ExportStageConfig,
+    RolloutResult,
+    RolloutStageConfig,
+    ServeStageConfig,
+    ServingOptions,
+)
 from .evaluate import METRICS, EvaluateStageConfig, EvaluationOptions, EvaluationResult
 from .rlhf import RLHFOptions, RLHFStageConfig
 from .sft import FineTuneOptions, SftStageConfig, TrainingResult
@@ -16,6 +24,7 @@ STAGE_CONFIGS: dict[str, type[StageRuntime]] = {
     "export": ExportStageConfig,
     "serve": ServeStageConfig,
     "drift": DriftStageConfig,
+    "rollout": RolloutStageConfig,
 }
 
 __all__ = [
@@ -34,6 +43,8 @@ __all__ = [
     "METRICS",
     "RLHFOptions",
     "RLHFStageConfig",
+    "RolloutResult",
+    "RolloutStageConfig",
     "STAGE_CONFIGS",
     "ServeStageConfig",
     "ServingOptions",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import CelRule, Fraction, ModelUri, NonNegativeInt, PositiveInt, Spec, StageResult, StageRuntime, StorageUri
+from .common import CelRule, Fraction, ModelUri, NonNegativeInt, PositiveInt, Spec, StageResult, StageRuntime, StorageUri, Verdict
 
 Runtime = Literal["mentor", "huggingface", "vllm", "triton"]
 
@@ -46,6 +46,12 @@ class Canary(Spec):
     traffic_percent: int = Field(default=10, ge=1, le=99, description="Percent of traffic sent to the new model.")
     promote_after_minutes: PositiveInt = Field(default=30, description="Promote when healthy this long.")
     max_error_rate: Fraction = Field(default=0.05, description="Roll back above this error rate.")
+    min_requests: PositiveInt = Field(
+        default=50, description="Logged canary requests needed before the analysis decides (else it waits another period)."
+    )
+    max_latency_ratio: float = Field(
+        default=1.5, gt=1, le=10, description="Roll back when the canary's p95 latency exceeds the stable one's by this factor."
+    )
 
 
 class Batching(Spec):
@@ -182,3 +188,41 @@ class ServeResult(StageResult):
     payload_logs_written: NonNegativeInt = Field(default=0, description="Payload records written to the log sink.")
     payload_logs_dropped: NonNegativeInt = Field(default=0, description="Payload records lost (sink down, queue full).")
     rag: str | None = Field(default=None, description='Retrieval: "ok", "unavailable: <reason>" or None when off.')
+
+
+class RolloutStageConfig(StageRuntime):
+    """The rendered config `mentor-trainer rollout` reads: the canary against the stable model,
+    on the requests each served since the canary started."""
+
+    payload_log_uri: StorageUri = Field(description="The deployment's payload logs and feedback.")
+    stable_version: str = Field(description="modelVersion of the stable model's logged requests.")
+    canary_version: str = Field(description="modelVersion of the canary's logged requests.")
+    since: str = Field(description="When the canary started (RFC 3339); earlier requests are not compared.")
+    canary: Canary = Field(default_factory=Canary, description="Thresholds of the analysis.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence of the significance tests.")
+
+
+class RolloutResult(StageResult):
+    """The analysis of a canary: promote, roll back, or wait for more traffic."""
+
+    decision: Literal["promote", "rollback", "wait"] | None = Field(default=None, description="What the analysis decided.")
+    reasons: list[str] = Field(default_factory=list, description="Why, one line per check.")
+    stable_requests: int | None = Field(default=None, description="Logged requests of the stable model.")
+    canary_requests: int | None = Field(default=None, description="Logged requests of the canary.")
+    stable_error_rate: float | None = Field(default=None, description="Share of the stable model's requests that failed.")
+    canary_error_rate: float | None = Field(default=None, description="Share of the canary's requests that failed.")
+    error_rate_p_value: float | None = Field(default=None, description="One-sided test that the canary fails more often.")
+    stable_latency_p95_ms: float | None = Field(default=None, description="p95 latency of the stable model.")
+    canary_latency_p95_ms: float | None = Field(default=None, description="p95 latency of the canary.")
+    latency_p_value: float | None = Field(default=None, description="One-sided test that the canary is slower.")
+    stable_feedback: float | None = Field(default=None, description="Mean feedback rating of the stable model.")
+    canary_feedback: float | None = Field(default=None, description="Mean feedback rating of the canary.")
+    feedback_p_value: float | None = Field(default=None, description="One-sided test that the canary is rated lower.")
+
+    def verdict(self) -> Verdict | None:
+        message = "; ".join(self.reasons)
+        if self.decision == "promote":
+            return Verdict(True, "CanaryHealthy", message or "the canary is healthy")
+        if self.decision == "rollback":
+            return Verdict(False, "CanaryUnhealthy", message or "the canary is unhealthy")
+        return None
