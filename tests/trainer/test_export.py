@@ -217,6 +217,8 @@ def test_int8_export_reloads_on_cpu_smaller_with_perplexity_both_ways(tiny, vali
     assert result.perplexity is not None and result.unquantized_perplexity is not None
     assert abs(result.perplexity - result.unquantized_perplexity) / result.unquantized_perplexity < 0.05
     assert result.temperature == 0.5
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.5 and generation["do_sample"] is True and generation["max_new_tokens"] == 24
 
     ids = torch.tensor([[0, 17, 240, 999, 5, 61]])
     with torch.inference_mode():
