@@ -120,7 +120,10 @@ def test_full_model_export_generates_what_the_source_generates(full_export, tiny
 
 
 def test_without_temperature_the_model_decodes_as_before(tiny, tmp_path):
-    result = export(make_config(tiny.as_uri(), tmp_path / "out"))
+    empty_dataset = tmp_path / "dataset-without-validation"
+    empty_dataset.mkdir()
+    result = export(make_config(tiny.as_uri(), tmp_path / "out", datasetUri=empty_dataset.as_uri()))
+    assert result.perplexity is None and result.unquantized_perplexity is None  # nothing to measure on
     generation = json.loads((local(result.model_uri) / "generation_config.json").read_text())
     source = json.loads((tiny / "generation_config.json").read_text())
     assert generation.get("do_sample", False) == source.get("do_sample", False)
@@ -194,6 +197,24 @@ def test_adapter_without_marker_finds_its_base_in_the_adapter_config(adapter, ti
     assert (local(result.model_uri) / "model.safetensors").exists()
 
 
+def test_dora_adapter_is_merged(tiny, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    dora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["k_proj", "o_proj"], use_dora=True,
+                                           init_lora_weights=False)).eval()
+    dora.save_pretrained(tmp_path / "dora")  # base_model_name_or_path: the tiny model's directory
+    result = export(make_config((tmp_path / "dora").as_uri(), tmp_path / "out"))
+    merged = AutoModelForCausalLM.from_pretrained(local(result.model_uri), dtype=torch.float32).eval()
+    ids = torch.tensor([[0, 9, 300, 41, 2000, 7]])
+    with torch.inference_mode():
+        assert torch.allclose(merged(input_ids=ids).logits, dora(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert "DORA adapter, merged" in (local(result.model_uri) / "README.md").read_text()
+
+
 # --------------------------------------------------------------------------------------
 # Quantisation
 
@@ -240,6 +261,21 @@ def test_int4_and_fp8_without_a_fitting_gpu_fail_naming_the_field(tiny, tmp_path
     assert "spec.quantization.method" in message and method in message and "CUDA" in message
     assert caught.value.permanent
     assert not (tmp_path / "out").exists()  # nothing published
+
+
+@pytest.mark.parametrize(
+    ("method", "capability", "supported"),
+    [("int4", (7, 5), False), ("int4", (8, 0), True), ("fp8", (8, 6), False), ("fp8", (9, 0), True), ("int8", None, True)],
+)
+def test_the_hardware_check_names_the_field_and_the_gpu(monkeypatch, method, capability, supported):
+    from mentor_trainer.export import quantize
+
+    monkeypatch.setattr(quantize, "cuda_capability", lambda: capability)
+    if supported:
+        quantize.check_supported(method, "cuda" if capability else "cpu")
+        return
+    with pytest.raises(StageError, match=rf"spec\.quantization\.method: {method} .*compute capability {capability[0]}\.{capability[1]}"):
+        quantize.check_supported(method, "cuda")
 
 
 def test_a_missing_model_fails_clearly(tmp_path):
