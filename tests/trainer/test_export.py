@@ -278,6 +278,21 @@ def test_the_hardware_check_names_the_field_and_the_gpu(monkeypatch, method, cap
         quantize.check_supported(method, "cuda")
 
 
+def test_each_method_has_a_torchao_config_transformers_takes(tiny):
+    from transformers import AutoConfig, TorchAoConfig
+
+    from mentor_trainer.export.quantize import torchao_config
+
+    model_config = AutoConfig.from_pretrained(tiny)
+    kinds = {}
+    for method in ("int8", "int4", "fp8"):
+        config = torchao_config(method, model_config)
+        assert isinstance(config, TorchAoConfig)
+        kinds[method] = type(config.quant_type).__name__
+    assert kinds == {"int8": "Int8WeightOnlyConfig", "int4": "Int4WeightOnlyConfig", "fp8": "Float8WeightOnlyConfig"}
+    assert torchao_config("int4", model_config).quant_type.int4_packing_format == "tile_packed_to_4d"
+
+
 def test_a_missing_model_fails_clearly(tmp_path):
     missing = (tmp_path / "no-such-model").as_uri()
     with pytest.raises(StageError) as caught:

@@ -47,7 +47,8 @@ def check_supported(method: str, device: str) -> None:
     if capability is None:
         raise StageError(
             f"{FIELD}: {method} is not available here: {why}, and this export runs on CPU "
-            "(no CUDA GPU visible). Use int8 (runs on CPU) or none, or run the export on such a GPU"
+            "(no CUDA GPU visible). Use int8 (runs on CPU) or none, or give the deployment such a GPU "
+            "(spec.resources.gpus: an int4/fp8 export runs on the replica's GPUs)"
         )
     if capability < needed:
         raise StageError(
