@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mentor_operator.api import KINDS
-from mentor_operator.builders import plan_deployment_children, plan_job_children
+from mentor_operator.builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving, version_id
 from mentor_operator.builders.meta import child_name
 from mentor_operator.settings import Settings
 from mentor_trainer.config import SftStageConfig
@@ -141,21 +141,52 @@ def test_data_job_has_no_gpu_and_suspend_is_passed_through():
     assert "nvidia.com/gpu" not in json.dumps(job["spec"]["template"]["spec"]["containers"][0]["resources"])
 
 
+OUT = "s3://art/team-a/modeldeployment/demo/uid-1/"
+
+
 @pytest.mark.parametrize("runtime,expected", [("huggingface", "kserve-huggingfaceserver"), ("vllm", "kserve-vllmserver"), ("triton", "kserve-tritonserver")])
 def test_inference_service_per_runtime(runtime, expected):
-    spec = {"modelUri": "s3://m/x/", "runtime": runtime, "canary": {"trafficPercent": 20}, "scaling": {"minReplicas": 1, "maxReplicas": 3}}
+    spec = {"modelUri": "s3://m/x/", "runtime": runtime, "scaling": {"minReplicas": 1, "maxReplicas": 3}}
     b = body("ModelDeployment", spec)
     model = KINDS["ModelDeployment"].spec.model_validate(spec)
-    assert [c["kind"] for c in plan_deployment_children(b, model, {"model_uri": "s3://m/x/"}, SETTINGS, False).children] == ["ConfigMap", "Job"]
-    plan = plan_deployment_children(b, model, {"model_uri": "s3://m/x/"}, SETTINGS, True)
-    isvc = next(c for c in plan.children if c["kind"] == "InferenceService")
+    assert [c["kind"] for c in plan_export(b, model, "s3://m/x/", {}, SETTINGS).children] == ["ConfigMap", "Job"]
+    isvc = next(c for c in plan_serving(b, model, {}, SETTINGS, "s3://m/x/") if c["kind"] == "InferenceService")
     predictor = isvc["spec"]["predictor"]
     assert predictor["model"]["runtime"] == expected
     served = "triton/" if runtime == "triton" else "model/"
-    assert predictor["model"]["storageUri"] == f"s3://art/team-a/modeldeployment/demo/uid-1/export/{served}"
+    assert predictor["model"]["storageUri"] == f"{OUT}export/{version_id('s3://m/x/')}/{served}"
     assert predictor["model"]["securityContext"]["runAsNonRoot"] is True  # every runtime is restricted
-    assert predictor["canaryTrafficPercent"] == 20 and predictor["maxReplicas"] == 3
-    assert not any(c["kind"] == "CronJob" for c in plan.children)
+    assert predictor["maxReplicas"] == 3 and "canary" not in isvc["spec"]
+
+
+def test_canary_serves_next_to_the_stable_version_with_its_own_config():
+    spec = {"modelUri": "s3://m/new/", "canary": {"trafficPercent": 20}}
+    b = body("ModelDeployment", spec)
+    model = KINDS["ModelDeployment"].spec.model_validate(spec)
+    children = plan_serving(b, model, {}, SETTINGS, "s3://m/old/", "s3://m/new/")
+    configs = {c["metadata"]["name"]: json.loads(c["data"]["config.json"]) for c in children if c["kind"] == "ConfigMap"}
+    old, new = version_id("s3://m/old/"), version_id("s3://m/new/")
+    assert configs[f"demo-serve-{old}-config"]["modelVersion"] == "s3://m/old/"
+    assert configs[f"demo-serve-{new}-config"]["modelUri"] == f"{OUT}export/{new}/model/"
+    isvc = next(c for c in children if c["kind"] == "InferenceService")
+    (canary,) = isvc["spec"]["canary"]
+    assert canary["trafficPercent"] == 20
+    assert canary["predictor"]["volumes"][0]["configMap"]["name"] == f"demo-serve-{new}-config"
+    assert isvc["spec"]["predictor"]["volumes"][0]["configMap"]["name"] == f"demo-serve-{old}-config"
+
+
+def test_rollout_analysis_job_compares_the_versions_since_the_canary_started():
+    spec = {"modelUri": "s3://m/new/", "canary": {"trafficPercent": 20, "maxErrorRate": 0.02}}
+    b = body("ModelDeployment", spec)
+    model = KINDS["ModelDeployment"].spec.model_validate(spec)
+    plan = plan_rollout_analysis(b, model, SETTINGS, "s3://m/old/", "s3://m/new/", "2026-11-30T01:00:00Z", 2)
+    config = json.loads(plan.children[0]["data"]["config.json"])
+    assert plan.runner["metadata"]["name"] == f"demo-rollout-{version_id('s3://m/new/')}-2"
+    assert config["stableVersion"] == "s3://m/old/" and config["canaryVersion"] == "s3://m/new/"
+    assert config["since"] == "2026-11-30T01:00:00Z" and config["canary"]["maxErrorRate"] == 0.02
+    assert config["payloadLogUri"] == f"{OUT}payloads/"
+    container = plan.runner["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["mentor-trainer", "rollout"] and "nvidia.com/gpu" not in json.dumps(container["resources"])
 
 
 def test_export_writes_under_its_own_prefix_on_cpu_with_the_serving_defaults():
@@ -163,15 +194,15 @@ def test_export_writes_under_its_own_prefix_on_cpu_with_the_serving_defaults():
             "batching": {"maxBatchSize": 16, "maxWaitMs": 5}}
     b = body("ModelDeployment", spec)
     model = KINDS["ModelDeployment"].spec.model_validate(spec)
-    plan = plan_deployment_children(b, model, {"model_uri": "s3://m/x/", "dataset_uri": "s3://art/docs/"}, SETTINGS, False)
+    plan = plan_export(b, model, "s3://m/x/", {"dataset_uri": "s3://art/docs/"}, SETTINGS)
     config = json.loads(plan.children[0]["data"]["config.json"])
-    assert config["outputUri"] == "s3://art/team-a/modeldeployment/demo/uid-1/export/"
+    assert config["outputUri"] == f"{OUT}export/{version_id('s3://m/x/')}/"
     assert config["modelUri"] == "s3://m/x/" and config["datasetUri"] == "s3://art/docs/"
     assert config["temperature"] == 0.7 and config["servingGpus"] == 2 and config["batching"]["maxBatchSize"] == 16
     resources = plan.runner["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in json.dumps(resources)  # export runs on CPU
     int4 = KINDS["ModelDeployment"].spec.model_validate({**spec, "runtime": "mentor", "quantization": {"method": "int4"}})
-    gpu_plan = plan_deployment_children(b, int4, {"model_uri": "s3://m/x/"}, SETTINGS, False)
+    gpu_plan = plan_export(b, int4, "s3://m/x/", {}, SETTINGS)
     assert "nvidia.com/gpu" in json.dumps(gpu_plan.runner["spec"]["template"]["spec"]["containers"][0]["resources"])
 
 
@@ -179,18 +210,17 @@ def test_mentor_runtime_and_drift_cron_job():
     spec = {"modelUri": "s3://m/x/", "rag": {"enabled": True, "datasetRef": "docs"}, "monitoring": {"drift": {"schedule": "*/5 * * * *"}}}
     b = body("ModelDeployment", spec)
     model = KINDS["ModelDeployment"].spec.model_validate(spec)
-    plan = plan_deployment_children(b, model, {"model_uri": "s3://m/x/", "index_uri": "s3://art/docs/index/"}, SETTINGS, True)
-    isvc = next(c for c in plan.children if c["kind"] == "InferenceService")
+    children = plan_serving(b, model, {"model_uri": "s3://m/x/", "index_uri": "s3://art/docs/index/"}, SETTINGS, "s3://m/x/")
+    isvc = next(c for c in children if c["kind"] == "InferenceService")
     container = isvc["spec"]["predictor"]["containers"][0]
     assert container["command"][:2] == ["mentor-trainer", "serve"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    serve_cm = next(c for c in plan.children if c["metadata"]["name"] == "demo-serve-config")
+    serve_cm = next(c for c in children if c["metadata"]["name"] == f"demo-serve-{version_id('s3://m/x/')}-config")
     serve_config = json.loads(serve_cm["data"]["config.json"])
     assert serve_config["indexUri"] == "s3://art/docs/index/"
-    out = "s3://art/team-a/modeldeployment/demo/uid-1/"
-    assert serve_config["modelUri"] == f"{out}export/model/" and serve_config["modelVersion"] == "s3://m/x/"
-    assert serve_config["payloadLogUri"] == f"{out}payloads/"
-    cron = next(c for c in plan.children if c["kind"] == "CronJob")
+    assert serve_config["modelUri"] == f"{OUT}export/{version_id('s3://m/x/')}/model/" and serve_config["modelVersion"] == "s3://m/x/"
+    assert serve_config["payloadLogUri"] == f"{OUT}payloads/"
+    cron = next(c for c in children if c["kind"] == "CronJob")
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     drift_container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert drift_container["command"][:2] == ["mentor-trainer", "drift"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from mentor_trainer.config.common import CelRule, ModelUri, Spec, exactly_one
@@ -55,12 +57,32 @@ class DriftStatus(Spec):
     last_retrain_time: str | None = Field(default=None, description="When the last retraining started.")
 
 
+class CanaryStatus(Spec):
+    """A new model version serving part of the traffic next to the stable one."""
+
+    model_version: str = Field(description="The source model of the canary.")
+    model_uri: str | None = Field(default=None, description="The canary's exported artefact.")
+    traffic_percent: int | None = Field(default=None, description="Share of requests it receives.")
+    start_time: str | None = Field(default=None, description="When it started receiving traffic (RFC 3339).")
+    analyses: int = Field(default=0, description="Analyses run so far (each after promoteAfterMinutes).")
+
+
+class RolloutRecord(Spec):
+    """How a model version's rollout ended."""
+
+    model_version: str = Field(description="The source model rolled out.")
+    outcome: Literal["promoted", "rolledBack", "replaced"] = Field(description="promoted or rolledBack (canary), replaced (no canary).")
+    reason: str = Field(default="", description="The analysis' reasons, or who decided.")
+    time: str | None = Field(default=None, description="When (RFC 3339).")
+
+
 class ModelDeploymentStatus(StatusBase, ExportResult):
     """Observed state of a ModelDeployment."""
 
     url: str | None = Field(default=None, description="URL of the InferenceService.")
     model_version: str | None = Field(default=None, description="The source model being served (what was exported).")
-    canary_model_uri: str | None = Field(default=None, description="Model receiving canary traffic.")
+    canary: CanaryStatus | None = Field(default=None, description="The new version while it receives canary traffic.")
+    rollouts: list[RolloutRecord] = Field(default_factory=list, description="Latest rollouts, newest last (at most 10).")
     drift: DriftStatus = Field(default_factory=DriftStatus, description="Drift monitoring.")
 
 
@@ -84,7 +106,7 @@ KIND = KindApi(
     status=ModelDeploymentStatus,
     result=ExportResult,
     references=(
-        ModelReference("modelRef", "modelUri", into="model_uri", record_as="modelVersion"),
+        ModelReference("modelRef", "modelUri", into="model_uri"),
         PassedEvaluation(model_from="model_uri", temperature_into="temperature"),
         ServedIndex(),
         TrainingDataset(),

@@ -13,7 +13,16 @@ from ..settings import Settings
 from .config import output_uri, render_stage_config
 from .job import build_config_map, build_indexed_job, build_job, build_train_job
 from .meta import child_name
-from .serving import build_drift_cron_job, build_inference_service, export_resources, export_uri, payload_log_uri, served_model_uri
+from .serving import (
+    ANALYSIS_RESOURCES,
+    build_drift_cron_job,
+    build_inference_service,
+    export_resources,
+    export_uri,
+    payload_log_uri,
+    served_model_uri,
+    version_id,
+)
 
 
 @dataclass(frozen=True)
@@ -47,43 +56,61 @@ def plan_job_children(
     return _stage_objects(body, spec, settings, resolved, stage, kubeflow_trainer)
 
 
-def render_export_config(body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings) -> StageRuntime:
-    """The export stage's config (also what `mentor run` exports with)."""
+def render_export_config(
+    body: dict[str, Any], spec: Any, model_version: str, resolved: dict[str, Any], settings: Settings
+) -> StageRuntime:
+    """The export stage's config for one model version (also what `mentor run` exports with)."""
     out = output_uri(spec, body, settings)
-    # The export publishes under its own prefix: publishing replaces what is under it, and
-    # the deployment's root also holds the payload logs.
-    export_spec = spec.model_copy(update={"output_uri": export_uri(out)})
-    return render_stage_config(export_spec, body, {**resolved, "serving_gpus": spec.resources.gpus}, settings, "export")
+    # Each version publishes under its own prefix: publishing replaces what is under it, and
+    # the deployment's root also holds the payload logs and the other versions.
+    export_spec = spec.model_copy(update={"output_uri": export_uri(out, model_version)})
+    inputs = {**resolved, "model_uri": model_version, "serving_gpus": spec.resources.gpus}
+    return render_stage_config(export_spec, body, inputs, settings, "export")
 
 
-def render_serve_config(body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings) -> StageRuntime:
-    """The mentor runtime's config: the exported model, its source as the version, the logs."""
+def render_serve_config(
+    body: dict[str, Any], spec: Any, model_version: str, resolved: dict[str, Any], settings: Settings
+) -> StageRuntime:
+    """The mentor runtime's config for one model version: its export, its source as the
+    version every logged request carries, the deployment's payload logs."""
     out = output_uri(spec, body, settings)
     serve_inputs = {
         **resolved,
-        "model_uri": served_model_uri(out, spec.runtime),
-        "model_version": resolved.get("model_uri"),
+        "model_uri": served_model_uri(out, spec.runtime, model_version),
+        "model_version": model_version,
         "payload_log_uri": payload_log_uri(spec, out),
     }
     return render_stage_config(spec, body, serve_inputs, settings, "serve")
 
 
-def plan_deployment_children(
-    body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings, exported: bool
-) -> Plan:
-    """Children of a ModelDeployment: the export ConfigMap and Job first; once it has
-    succeeded, the InferenceService and (with drift monitoring) the drift-check CronJob."""
-    out = output_uri(spec, body, settings)
-    export_config = render_export_config(body, spec, resolved, settings)
-    export_cm = build_config_map(body, export_config, "export")
+def plan_export(body: dict[str, Any], spec: Any, model_version: str, resolved: dict[str, Any], settings: Settings) -> Plan:
+    """The ConfigMap and Job exporting one model version (on CPU unless its quantisation needs a GPU)."""
+    instance = f"export-{version_id(model_version)}"
+    config = render_export_config(body, spec, model_version, resolved, settings)
+    config_map = build_config_map(body, config, "export", instance)
     export_spec = spec.model_copy(update={"resources": export_resources(spec)})
-    export_job = build_job(body, export_spec, settings, export_config, "export", export_cm["metadata"]["name"])
-    if not exported:
-        return Plan([export_cm, export_job], export_job)
-    serve_config = render_serve_config(body, spec, resolved, settings)
-    serve_cm = build_config_map(body, serve_config, "serve")
-    children = [export_cm, export_job, serve_cm, build_inference_service(body, spec, settings, serve_config, serve_cm["metadata"]["name"])]
+    job = build_job(body, export_spec, settings, config, "export", config_map["metadata"]["name"], instance)
+    return Plan([config_map, job], job)
+
+
+def plan_serving(
+    body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings, stable: str, canary: str | None = None
+) -> list[dict[str, Any]]:
+    """The serving objects once the versions are exported: a serve ConfigMap per version, the
+    InferenceService (stable, plus the canary during a rollout) and, with drift monitoring,
+    the drift-check CronJob."""
+    children: list[dict[str, Any]] = []
+    served: list[tuple[Any, str]] = []
+    for version in (stable, canary):
+        if version is None:
+            continue
+        config = render_serve_config(body, spec, version, resolved, settings)
+        config_map = build_config_map(body, config, "serve", f"serve-{version_id(version)}")
+        children.append(config_map)
+        served.append((config, config_map["metadata"]["name"]))
+    children.append(build_inference_service(body, spec, settings, served[0], served[1] if len(served) > 1 else None))
     if spec.monitoring.drift:
+        out = output_uri(spec, body, settings)
         log_uri = payload_log_uri(spec, out) or f"{out.rstrip('/')}/payloads/"
         drift_config = render_stage_config(
             spec,
@@ -98,7 +125,37 @@ def plan_deployment_children(
         )
         drift_cm = build_config_map(body, drift_config, "drift")
         children += [drift_cm, build_drift_cron_job(body, spec, settings, drift_config, drift_cm["metadata"]["name"])]
-    return Plan(children, export_job)
+    return children
 
 
-__all__ = ["Plan", "child_name", "plan_deployment_children", "plan_job_children", "render_export_config", "render_serve_config"]
+def plan_rollout_analysis(
+    body: dict[str, Any], spec: Any, settings: Settings, stable: str, canary: str, since: str, attempt: int
+) -> Plan:
+    """The Job comparing the canary with the stable version on their logged requests."""
+    out = output_uri(spec, body, settings)
+    instance = f"rollout-{version_id(canary)}-{attempt}"
+    analysis_spec = spec.model_copy(update={"resources": ANALYSIS_RESOURCES, "output_uri": f"{out.rstrip('/')}/rollouts/{instance}/"})
+    inputs = {
+        "payload_log_uri": payload_log_uri(spec, out) or f"{out.rstrip('/')}/payloads/",
+        "stable_version": stable,
+        "canary_version": canary,
+        "since": since,
+        "canary": spec.canary,
+    }
+    config = render_stage_config(analysis_spec, body, inputs, settings, "rollout")
+    config_map = build_config_map(body, config, "rollout", instance)
+    job = build_job(body, analysis_spec, settings, config, "rollout", config_map["metadata"]["name"], instance)
+    return Plan([config_map, job], job)
+
+
+__all__ = [
+    "Plan",
+    "child_name",
+    "plan_export",
+    "plan_job_children",
+    "plan_rollout_analysis",
+    "plan_serving",
+    "render_export_config",
+    "render_serve_config",
+    "version_id",
+]

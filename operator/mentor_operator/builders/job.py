@@ -38,11 +38,12 @@ RESTRICTED_POD_SECURITY = {
 }
 
 
-def build_config_map(body: dict[str, Any], config: StageRuntime, stage: str) -> dict[str, Any]:
+def build_config_map(body: dict[str, Any], config: StageRuntime, stage: str, instance: str | None = None) -> dict[str, Any]:
+    """The stage's rendered config; `instance` names one of several runs of a stage."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": object_meta(body, child_name(body["metadata"]["name"], f"{stage}-config"), stage),
+        "metadata": object_meta(body, child_name(body["metadata"]["name"], f"{instance or stage}-config"), stage),
         "data": {"config.json": json.dumps(config.to_wire(), indent=2, sort_keys=True)},
     }
 
@@ -166,8 +167,9 @@ def build_job(
     config: StageRuntime,
     stage: str,
     config_map: str,
+    instance: str | None = None,
 ) -> dict[str, Any]:
-    """A single-pod Job running `mentor-trainer <stage>`."""
+    """A single-pod Job running `mentor-trainer <stage>`; `instance` names one of several runs."""
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "suspend": spec.suspend,
@@ -186,7 +188,7 @@ def build_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _job_meta(body, spec, child_name(body["metadata"]["name"], stage), stage),
+        "metadata": _job_meta(body, spec, child_name(body["metadata"]["name"], instance or stage), stage),
         "spec": job_spec,
     }
 

@@ -3,6 +3,7 @@ drift-check CronJob."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from mentor_trainer.config import DriftStageConfig, ServeStageConfig
@@ -20,17 +21,23 @@ KSERVE_RUNTIMES = {
     "triton": ("kserve-tritonserver", "triton"),
 }
 DRIFT_RESOURCES = Resources(gpus=0, cpu="1", memory="2Gi", shm_size="64Mi")
+ANALYSIS_RESOURCES = Resources(gpus=0, cpu="1", memory="1Gi", shm_size="64Mi")
 
 
-def export_uri(output_uri: str) -> str:
-    """Where the export Job writes (its stage's output URI)."""
-    return f"{output_uri.rstrip('/')}/export/"
+def version_id(model_version: str) -> str:
+    """A short, stable name for a source model: names its export Job and folder."""
+    return hashlib.sha256(model_version.encode()).hexdigest()[:8]
 
 
-def served_model_uri(output_uri: str, runtime: str) -> str:
-    """What the runtime loads from the export: a Triton model repository for `triton`, the
+def export_uri(output_uri: str, model_version: str) -> str:
+    """Where the export of one model version is written (the export stage's output URI)."""
+    return f"{output_uri.rstrip('/')}/export/{version_id(model_version)}/"
+
+
+def served_model_uri(output_uri: str, runtime: str, model_version: str) -> str:
+    """What the runtime loads from an export: a Triton model repository for `triton`, the
     exported Hugging Face directory otherwise (KServe reads s3:// and pvc://)."""
-    return f"{export_uri(output_uri)}{'triton' if runtime == 'triton' else 'model'}/"
+    return f"{export_uri(output_uri, model_version)}{'triton' if runtime == 'triton' else 'model'}/"
 
 
 def export_resources(spec: ModelDeploymentSpec) -> Resources:
@@ -50,9 +57,26 @@ def build_inference_service(
     body: dict[str, Any],
     spec: ModelDeploymentSpec,
     settings: Settings,
-    config: ServeStageConfig,
-    config_map: str,
+    stable: tuple[ServeStageConfig, str],
+    canary: tuple[ServeStageConfig, str] | None = None,
 ) -> dict[str, Any]:
+    """The InferenceService serving the stable version and, during a rollout, the canary next
+    to it with spec.canary.trafficPercent of the requests. `stable` and `canary` are each the
+    serve config and the name of its ConfigMap."""
+    isvc_spec: dict[str, Any] = {"predictor": _predictor(body, spec, settings, *stable)}
+    if canary is not None and spec.canary is not None:
+        isvc_spec["canary"] = [{"predictor": _predictor(body, spec, settings, *canary), "trafficPercent": spec.canary.traffic_percent}]
+    meta = object_meta(body, body["metadata"]["name"], "serve")
+    meta["annotations"] = {"serving.kserve.io/deploymentMode": "RawDeployment"}
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": meta,
+        "spec": isvc_spec,
+    }
+
+
+def _predictor(body: dict[str, Any], spec: ModelDeploymentSpec, settings: Settings, config: ServeStageConfig, config_map: str) -> dict[str, Any]:
     name = body["metadata"]["name"]
     predictor: dict[str, Any] = {
         "minReplicas": spec.scaling.min_replicas,
@@ -60,8 +84,6 @@ def build_inference_service(
     }
     if spec.scaling.target_concurrency:
         predictor.update(scaleMetric="concurrency", scaleTarget=spec.scaling.target_concurrency)
-    if spec.canary:
-        predictor["canaryTrafficPercent"] = spec.canary.traffic_percent
     sched = spec.scheduling
     if sched.node_selector:
         predictor["nodeSelector"] = dict(sched.node_selector)
@@ -103,14 +125,7 @@ def build_inference_service(
         }
         if spec.runtime == "triton":
             predictor["model"]["protocolVersion"] = "v2"
-    meta = object_meta(body, name, "serve")
-    meta["annotations"] = {"serving.kserve.io/deploymentMode": "RawDeployment"}
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": meta,
-        "spec": {"predictor": predictor},
-    }
+    return predictor
 
 
 def build_drift_cron_job(

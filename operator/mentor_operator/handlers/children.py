@@ -9,9 +9,9 @@ from typing import Any
 import kopf
 
 from ..api import KINDS
-from ..builders.meta import LABEL_MANAGED_BY, MANAGED_BY, child_name
+from ..builders.meta import LABEL_MANAGED_BY, MANAGED_BY
 from .kinds import cached_lookup, plain
-from .reconcile import Context, fold_deployment, fold_runner, reconcile
+from .reconcile import Context, fold_runner, reconcile
 
 log = logging.getLogger("mentor.children")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -75,9 +75,6 @@ def trainjob_state(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", labels=MANAGED, id="isvc-state")
 def isvc_state(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     ctx: Context = memo.ctx
-    isvc = plain(body)
-    owner = _owner(ctx, isvc)
-    if owner is None or type == "DELETED":
-        return
-    export = ctx.kube.get("Job", owner["metadata"]["namespace"], child_name(owner["metadata"]["name"], "export"), "batch/v1")
-    fold_deployment(ctx, owner, export, isvc)
+    owner = _owner(ctx, plain(body))
+    if owner is not None and type != "DELETED":
+        reconcile(ctx, owner)  # the serving state folds in with the rollout's

@@ -14,6 +14,8 @@ from ..builders.inputs import dependencies
 from ..metrics import PHASES
 from .reconcile import reconcile
 
+ROLLOUT_CHECK_SECONDS = 30
+
 
 def register(api: KindApi) -> None:
     """Register the handlers of one kind."""
@@ -24,6 +26,13 @@ def register(api: KindApi) -> None:
     @kopf.on.update(GROUP, VERSION, plural, field="spec", id="reconcile-update")
     def reconcile_handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
+
+    if api.workload == "serving":
+        # A rollout advances with time (a canary's analysis falls due) and on the rollout
+        # annotation, neither of which is a spec change.
+        @kopf.timer(GROUP, VERSION, plural, interval=ROLLOUT_CHECK_SECONDS, id="rollout")
+        def rollout_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+            reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
 
     # Cheap, CPU-only handlers are async: they run on the event loop without a thread hop.
     @kopf.on.event(GROUP, VERSION, plural, id="track-phase")

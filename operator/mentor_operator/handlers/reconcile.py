@@ -16,16 +16,18 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from mentor_trainer.config import RolloutResult
 from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
-from ..builders import plan_deployment_children, plan_job_children
+from ..builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving
 from ..builders.access import build_stage_access, stage_account
 from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
-from ..builders.meta import child_name
+from ..builders.serving import served_model_uri
 from ..kube import Kube
 from ..metrics import PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, parse_time, recorded
 from ..settings import Settings
 from ..status import (
     TERMINAL_PHASES,
@@ -217,61 +219,143 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
 
 
 def _reconcile_serving(ctx: Context, body: dict[str, Any], spec: Any, resolution: Resolution, out: str) -> str:
-    """A served model: the export Job first, then the serving objects; the resource's state
-    comes from both."""
-    meta = body["metadata"]
+    """A served model: each model version is exported by its own Job, then served; a new
+    version rolls out as a canary and is promoted or rolled back (rollout.py says when)."""
     status = body.get("status") or {}
-    export_name = child_name(meta["name"], "export")
-    export_job = ctx.kube.get("Job", meta["namespace"], export_name, "batch/v1")
-    exported = runner_state(export_job).phase == "Succeeded"
-    plan = plan_deployment_children(body, spec, resolution.values, ctx.settings, exported)
-    # The export run is fixed once started; the serving objects follow the spec (server-side
-    # apply), so scaling, canary or schedule changes roll out.
-    export_objects = plan.children[:2]
-    runner = _apply(ctx, export_objects, plan.runner)
-    applied = {child["kind"]: ctx.kube.apply(child) for child in plan.children[2:]}
-    applied_isvc = applied.get("InferenceService")
-    extra = {
-        "outputUri": out,
-        "children": _children_names(plan.children),
-        **resolution.status,
-        "startTime": status.get("startTime") or now(),
-    }
-    fold_deployment(ctx, {**body, "status": status}, runner, applied_isvc, extra)
+    stamp = now()
+    versions = choose_versions(status, resolution.values["model_uri"], spec.canary is not None)
+    exports = {}
+    for version in filter(None, (versions.serve, versions.canary)):
+        export = plan_export(body, spec, version, resolution.values, ctx.settings)
+        exports[version] = _apply(ctx, export.children, export.runner)
+    changes: dict[str, Any] = {"outputUri": out, "startTime": status.get("startTime") or stamp}
+    events: list[tuple[str, str, str]] = []
+    stable = status.get("modelVersion")
+
+    served = runner_state(exports[versions.serve])
+    if versions.serve != stable and served.phase == "Succeeded":
+        changes.update(_export_result(ctx, body, exports[versions.serve]))
+        if stable is not None:
+            changes["rollouts"] = recorded(status, versions.serve, "replaced", f"replaced {stable} (no canary configured)", stamp)
+            events.append(("Normal", "Replaced", f"serving {versions.serve} in place of {stable}"))
+        stable = changes["modelVersion"] = versions.serve
+    elif versions.serve != stable and served.phase == "Failed":
+        reason, message = _termination(ctx, exports[versions.serve], "Failed") or (served.reason, served.message)
+        if stable is None:
+            _write_status(ctx, body, {**changes, **_phase_status(body, "Failed", reason, f"export failed: {message}")}, ("Warning", "ExportFailed"))
+            return "applied"
+        events.append(("Warning", "ExportFailed", f"export of {versions.serve} failed, still serving {stable}: {message}"))
+
+    canary = _canary(ctx, body, spec, versions, exports, stable, stamp, changes, events)
+    stable = changes.get("modelVersion", stable)  # a promotion serves the canary as stable now
+    if stable is None:
+        phase = "Suspended" if served.phase == "Suspended" else "Deploying"
+        changes.update(_phase_status(body, phase, "Exporting", f"exporting the model ({served.message})"))
+    else:
+        children = plan_serving(body, spec, resolution.values, ctx.settings, stable, canary and canary["modelVersion"])
+        applied = {child["kind"]: ctx.kube.apply(child) for child in children}
+        isvc = applied.get("InferenceService")
+        phase, reason, message = inference_service_phase(isvc, status.get("phase") in ("Ready", "Degraded"))
+        if versions.held_back:
+            message += f"; {versions.held_back} was rolled back and is not rolled out again (name another model to roll out)"
+        changes.update(_phase_status(body, phase, reason, message, ready=phase == "Ready"))
+        changes["children"] = _children_names([*filter(None, exports.values()), *children])
+        if ((isvc or {}).get("status") or {}).get("url"):
+            changes["url"] = isvc["status"]["url"]
+        if phase == "Ready" and status.get("phase") != "Ready":
+            events.append(("Normal", "Serving", f"serving {stable}"))
+    changes["canary"] = canary
+    _write_status(ctx, body, changes)
+    for kind, reason, message in events:
+        (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=message)
     return "applied"
 
 
-def _export_result(ctx: Context, body: dict[str, Any], export_job: dict[str, Any]) -> dict[str, Any]:
-    """Status fields from the succeeded export's result: the served artefact and what its
-    quantisation cost."""
-    pods = ctx.kube.list("Pod", body["metadata"]["namespace"], "v1", f"batch.kubernetes.io/job-name={export_job['metadata']['name']}")
-    termination = pod_termination(pods, "Succeeded")
-    return result_status(KINDS[body["kind"]], parse_result(termination[1]) if termination else {}, None)
-
-
-def fold_deployment(
-    ctx: Context, body: dict[str, Any], export_job: dict[str, Any] | None, isvc: dict[str, Any] | None, extra: dict[str, Any] | None = None
-) -> str:
+def _canary(
+    ctx: Context,
+    body: dict[str, Any],
+    spec: Any,
+    versions: Versions,
+    exports: dict[str, Any],
+    stable: str | None,
+    stamp: str,
+    changes: dict[str, Any],
+    events: list[tuple[str, str, str]],
+) -> dict[str, Any] | None:
+    """The canary's status after this pass; a promotion or roll-back is written into `changes`."""
     status = body.get("status") or {}
-    export = runner_state(export_job)
-    if export.phase == "Failed":
-        pods = ctx.kube.list("Pod", body["metadata"]["namespace"], "v1", f"batch.kubernetes.io/job-name={export_job['metadata']['name']}")
-        reason, message = pod_termination(pods, "Failed") or (export.reason, export.message)
-        changes = _phase_status(body, "Failed", reason, f"export failed: {message}")
-        event = ("Warning", "ExportFailed")
-    elif export.phase != "Succeeded":
-        phase = "Suspended" if export.phase == "Suspended" else "Deploying"
-        changes = _phase_status(body, phase, "Exporting", f"exporting the model ({export.message})")
-        event = None
+    version = versions.canary
+    if version is None or stable is None:
+        return None
+    state = runner_state(exports[version])
+    if state.phase == "Failed":
+        message = (_termination(ctx, exports[version], "Failed") or (state.reason, state.message))[1]
+        return _decide(status, version, "rollback", f"export failed: {message}", stamp, changes, events)
+    if state.phase != "Succeeded":
+        return None
+    canary = dict(status.get("canary") or {})
+    if canary.get("modelVersion") != version:
+        out = output_uri(spec, body, ctx.settings)
+        canary = {
+            "modelVersion": version,
+            "modelUri": served_model_uri(out, spec.runtime, version),
+            "trafficPercent": spec.canary.traffic_percent,
+            "startTime": stamp,
+            "analyses": 0,
+        }
+        events.append(("Normal", "CanaryStarted", f"{version} receives {spec.canary.traffic_percent}% of the requests"))
+    manual = manual_decision(body["metadata"].get("annotations"))
+    if manual:
+        meta = body["metadata"]
+        ctx.kube.patch(body["kind"], meta["namespace"], meta["name"], {"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}, body["apiVersion"])
+        if manual == "promote":
+            changes.update(_export_result(ctx, body, exports[version]))
+        return _decide(status, version, manual, f"{manual} by the {ROLLOUT_ANNOTATION} annotation", stamp, changes, events)
+    if not analysis_due(canary, spec.canary.promote_after_minutes, parse_time(stamp)):
+        return canary
+    analysis = plan_rollout_analysis(body, spec, ctx.settings, stable, version, canary["startTime"], canary["analyses"])
+    job = _apply(ctx, analysis.children, analysis.runner)
+    outcome = runner_state(job)
+    if outcome.phase == "Succeeded":
+        termination = _termination(ctx, job, "Succeeded")
+        result = RolloutResult.from_wire(parse_result(termination[1]) if termination else {})
+        reason = "; ".join(result.reasons) or "no reasons given"
+        if result.decision in ("promote", "rollback"):
+            if result.decision == "promote":
+                changes.update(_export_result(ctx, body, exports[version]))
+            return _decide(status, version, result.decision, reason, stamp, changes, events)
+        events.append(("Normal", "CanaryWaiting", f"analysis {canary['analyses'] + 1}: {reason}"))
+        canary["analyses"] += 1
+    elif outcome.phase == "Failed":
+        message = (_termination(ctx, job, "Failed") or (outcome.reason, outcome.message))[1]
+        events.append(("Warning", "AnalysisFailed", f"analysis {canary['analyses'] + 1} of {version} failed, retrying later: {message}"))
+        canary["analyses"] += 1
+    return canary
+
+
+def _decide(
+    status: dict[str, Any], version: str, decision: str, reason: str, stamp: str, changes: dict[str, Any], events: list[tuple[str, str, str]]
+) -> None:
+    """Record a canary's promotion or roll-back; the next serving plan follows `changes`."""
+    outcome = "promoted" if decision == "promote" else "rolledBack"
+    changes["rollouts"] = recorded({**status, **changes}, version, outcome, reason, stamp)
+    if decision == "promote":
+        changes["modelVersion"] = version
+        events.append(("Normal", "CanaryPromoted", f"{version} promoted: {reason}"))
     else:
-        phase, reason, message = inference_service_phase(isvc, status.get("phase") in ("Ready", "Degraded"))
-        changes = _phase_status(body, phase, reason, message, ready=phase == "Ready")
-        if "quantization" not in status:  # the export's result (it always names its quantisation), read once
-            changes.update(_export_result(ctx, body, export_job))
-        isvc_status = (isvc or {}).get("status") or {}
-        if isvc_status.get("url"):
-            changes["url"] = isvc_status["url"]
-        event = ("Normal", "Serving") if phase == "Ready" else ("Warning", reason) if phase == "Degraded" else None
-    changes.update(extra or {})
-    _write_status(ctx, body, changes, event)
-    return changes["phase"]
+        events.append(("Warning", "CanaryRolledBack", f"{version} rolled back: {reason}"))
+    return None
+
+
+def _termination(ctx: Context, job: dict[str, Any] | None, phase: str) -> tuple[str, str] | None:
+    if job is None:
+        return None
+    pods = ctx.kube.list("Pod", job["metadata"]["namespace"], "v1", f"batch.kubernetes.io/job-name={job['metadata']['name']}")
+    return pod_termination(pods, phase)
+
+
+def _export_result(ctx: Context, body: dict[str, Any], export_job: dict[str, Any]) -> dict[str, Any]:
+    """Status fields from a succeeded export's result: the served artefact and what its
+    quantisation cost."""
+    termination = _termination(ctx, export_job, "Succeeded")
+    return result_status(KINDS[body["kind"]], parse_result(termination[1]) if termination else {}, None)
