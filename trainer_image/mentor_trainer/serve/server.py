@@ -62,7 +62,9 @@ def payload_logger(config: ServeStageConfig) -> Any:
         return None
     from .payload_log import PayloadLogger
 
-    return PayloadLogger(config.payload_log_uri or config.logging.uri, config.logging, config.run.name)
+    uri = config.payload_log_uri or config.logging.uri or f"{config.output_uri.rstrip('/')}/payload-logs"
+    log.info("payload logs (sample rate %s) go to %s", config.logging.sample_rate, uri)
+    return PayloadLogger(uri, config.logging, config.run.name)
 
 
 def serve(config: ServeStageConfig) -> ServeResult:

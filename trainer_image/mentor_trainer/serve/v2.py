@@ -77,7 +77,9 @@ class MentorModel(Model):
                 service.finished("v2", generation, prompt=text, completion=result)
         if failed:
             raise failed[0]
-        output = InferOutput(TEXT_OUTPUT, [len(results), 1], "BYTES", data=np.array([[r.encode()] for r in results], dtype=np.object_))
+        output = InferOutput(TEXT_OUTPUT, [len(results), 1], "BYTES")
+        # serialised up front: kserve's to_grpc tests an ndarray's truth value (fails for 2+ rows)
+        output.set_data_from_numpy(np.array([[r.encode()] for r in results], dtype=np.object_), binary_data=True)
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
