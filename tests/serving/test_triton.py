@@ -78,9 +78,14 @@ def server(repo, tmp_path_factory):
     try:
         yield triton
     finally:
+        for client in _CLIENTS:  # open keep-alive connections hold up Triton's shutdown
+            client.close()
+        _CLIENTS.clear()
         triton.stop()
-        # no leaked processes: the server and its python backend stubs are gone
+        # a clean shutdown (the stubs free their shared memory), and no leaked processes
+        assert triton.returncode == 0, triton.log()[-3000:]
         _assert_group_gone(pid)
+        assert not list(Path("/dev/shm").glob(f"{triton.shm_prefix}*"))
 
 
 def _assert_group_gone(pgid: int) -> None:
@@ -128,16 +133,23 @@ def reference(tiny):
     return generate
 
 
+_CLIENTS: list = []
+
+
 def _http(server):
     import tritonclient.http as httpclient
 
-    return httpclient.InferenceServerClient(server.http_url, concurrency=8, network_timeout=120.0)
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=8, network_timeout=120.0)
+    _CLIENTS.append(client)
+    return client
 
 
 def _grpc(server):
     import tritonclient.grpc as grpcclient
 
-    return grpcclient.InferenceServerClient(server.grpc_url)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    _CLIENTS.append(client)
+    return client
 
 
 def _inputs(module, prompts, max_tokens=None, temperature=None):

@@ -110,8 +110,11 @@ def stub_site_packages() -> Path:
             stderr=subprocess.PIPE,
             timeout=600,
         )
-        if not target.exists():
+        try:
             tmp.rename(target)
+        except OSError:
+            if not (target / "numpy" / "__init__.py").is_file():  # not another process's finished copy
+                raise
     except subprocess.CalledProcessError as err:
         raise TritonUnavailable(
             f"cannot install numpy=={STUB_NUMPY} for the tritonserver stub: {err.stderr.decode(errors='replace')}"
@@ -136,6 +139,8 @@ class TritonServer:
     shm_bytes: int = 4 * 1024 * 1024
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    shm_prefix: str = ""
+    returncode: int | None = None  # the server's exit status once stopped (0: a clean shutdown)
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -184,9 +189,11 @@ class TritonServer:
             "--allow-cpu-metrics=false",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            "--exit-timeout-secs=15",  # not 30 s of waiting on a client's idle keep-alive connection
             "--log-verbose=0",
             f"--backend-config=python,shm-default-byte-size={self.shm_bytes}",
             f"--backend-config=python,shm-growth-byte-size={self.shm_bytes}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
     def stub_env(self) -> Path:
@@ -224,6 +231,7 @@ class TritonServer:
         dist = TritonDist.locate()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.shm_prefix = f"mentor_triton_{os.getpid()}_{self.http_port}_"
         command = self.command(dist)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -272,6 +280,7 @@ class TritonServer:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        self.returncode = process.poll()
         # the python backend stubs run in the server's session (own process group)
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -279,6 +288,10 @@ class TritonServer:
             pass
         if process.poll() is None:
             process.wait(10)
+        # a stub killed before it could clean up leaves its shared-memory region behind
+        if self.shm_prefix:
+            for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":
         return self.start()
