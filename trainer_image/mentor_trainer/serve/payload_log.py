@@ -358,7 +358,10 @@ class PayloadLogger:
             if stopping or due or len(buffers["request"]) >= flush_every:
                 for kind in ("request", "feedback"):
                     if buffers[kind]:
-                        self._write_batch(kind, buffers[kind])
+                        try:
+                            self._write_batch(kind, buffers[kind])
+                        except Exception as error:  # noqa: BLE001 - the writer must outlive any batch
+                            self._drop(kind, len(buffers[kind]), f"{type(error).__name__}: {error}")
                         buffers[kind] = []
                 first_at = None
 
@@ -399,8 +402,9 @@ class PayloadLogger:
         return text.encode("utf-8"), uri
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write everything queued and stop the writer (idempotent). What is still queued
-        after ``timeout`` seconds is counted as dropped."""
+        """Write everything queued and stop the writer (idempotent). Blocks up to ``timeout``
+        seconds (from an event loop: ``await asyncio.to_thread(logger.close)``); what is still
+        queued then is counted as dropped. Records logged after close() are dropped and counted."""
         if self._closed:
             return
         self._closed = True
