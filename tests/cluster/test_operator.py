@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mentor_operator.api import KINDS
-from mentor_operator.builders import plan_deployment_children, plan_job_children
+from mentor_operator.builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving, version_id
 from mentor_operator.settings import Settings
 from tests.bad_resources import CASES, BadCase
 from tests.cluster.conftest import Operator, pod_annotations, resource, wait_for
@@ -49,7 +49,10 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
     for runtime in ("mentor", "huggingface", "vllm", "triton"):
         spec = {"modelUri": "s3://m/x/", "runtime": runtime, "monitoring": {"drift": {}}, "canary": {"trafficPercent": 10}}
         body = {**owner, "kind": "ModelDeployment", "metadata": {**owner["metadata"], "name": f"md-{runtime}"}, "spec": spec}
-        objects += plan_deployment_children(body, KINDS["ModelDeployment"].spec.model_validate(spec), {"model_uri": "s3://m/x/"}, settings, True).children
+        md = KINDS["ModelDeployment"].spec.model_validate(spec)
+        objects += plan_export(body, md, "s3://m/x/", {}, settings).children
+        objects += plan_serving(body, md, {"model_uri": "s3://m/x/"}, settings, "s3://m/x/", "s3://m/y/")
+        objects += plan_rollout_analysis(body, md, settings, "s3://m/x/", "s3://m/y/", "2026-11-30T01:00:00Z", 0).children
     kinds = {o["kind"] for o in objects}
     assert kinds == {"ConfigMap", "Job", "Service", "TrainJob", "InferenceService", "CronJob"}
     result = cluster.kubectl(
@@ -115,7 +118,7 @@ def test_pipeline_applied_at_once_resolves_in_order(operator, ns):
     isvc = wait_for(lambda: ns.get("inferenceservice", "serve"), 60, what="the InferenceService")
     assert isvc["spec"]["predictor"]["model"]["runtime"] == "kserve-huggingfaceserver"
     jobs = {j["metadata"]["name"]: j["metadata"]["creationTimestamp"] for j in ns.items("jobs")}
-    assert jobs["docs-data"] <= jobs["ft-sft"] <= jobs["ev-evaluate"] <= jobs["serve-export"]
+    assert jobs["docs-data"] <= jobs["ft-sft"] <= jobs["ev-evaluate"] <= jobs[f"serve-export-{version_id(ft['modelUri'])}"]
     # KServe's controller is not running here: play its part and mark the service ready.
     cp = ns.cp
     cp.kubectl(
@@ -123,7 +126,54 @@ def test_pipeline_applied_at_once_resolves_in_order(operator, ns):
         "-p", json.dumps({"status": {"url": "http://serve.example", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
     )
     md = ns.wait_phase("ModelDeployment", "serve", "Ready")
-    assert md["url"] == "http://serve.example" and md["modelUri"] == ft["modelUri"]
+    assert md["url"] == "http://serve.example" and md["modelVersion"] == ft["modelUri"]
+
+
+def isvc_ready(ns, name: str) -> None:
+    """KServe's controller is not running here: play its part and mark the service ready."""
+    ns.cp.kubectl(
+        "patch", "inferenceservice", name, "-n", ns.name, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"url": f"http://{name}.example", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+    )
+
+
+def test_canary_rollout_rolled_back_by_annotation_then_promoted_by_analysis(operator, ns):
+    # Every pod of the deployment (exports and analyses) ends with this result: an export
+    # reads its fields, an analysis its decision.
+    result = json.dumps({"modelUri": "s3://out/model/", "quantization": "none", "sizeBytes": 1000, "decision": "promote", "reasons": ["healthy"]})
+    spec = {"modelUri": "s3://m/a/", "runtime": "huggingface", "canary": {"trafficPercent": 20, "promoteAfterMinutes": 1},
+            "scheduling": pod_annotations(run_ms="200", result=result)}
+    ns.apply(resource("ModelDeployment", "md", spec))
+    wait_for(lambda: ns.get("inferenceservice", "md"), 60, what="the InferenceService")
+    isvc_ready(ns, "md")
+    md = ns.wait_phase("ModelDeployment", "md", "Ready")
+    assert md["modelVersion"] == "s3://m/a/" and md["quantization"] == "none" and md["sizeBytes"] == 1000
+
+    # a new model: exported by its own Job, then served next to the stable one
+    ns.apply(resource("ModelDeployment", "md", {**spec, "modelUri": "s3://m/b/"}))
+    isvc = wait_for(lambda: (i := ns.get("inferenceservice", "md")) and i["spec"].get("canary") and i, 60, what="the canary")
+    (canary,) = isvc["spec"]["canary"]
+    assert canary["trafficPercent"] == 20 and canary["predictor"]["model"]["storageUri"].endswith(f"/export/{version_id('s3://m/b/')}/model/")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith(f"/export/{version_id('s3://m/a/')}/model/")
+    assert ns.status("ModelDeployment", "md")["canary"]["modelVersion"] == "s3://m/b/"
+
+    # a person rolls it back: the canary goes, the stable version stays, and b is held back
+    ns.cp.kubectl("annotate", "modeldeployment", "md", "-n", ns.name, "mentor.dev/rollout=rollback")
+    md = wait_for(lambda: (s := ns.status("ModelDeployment", "md")).get("rollouts") and s, 90, what="the roll-back")
+    assert md["rollouts"][-1]["modelVersion"] == "s3://m/b/" and md["rollouts"][-1]["outcome"] == "rolledBack"
+    assert md["modelVersion"] == "s3://m/a/" and not md.get("canary")
+    wait_for(lambda: not ns.get("inferenceservice", "md")["spec"].get("canary"), 30, what="the canary removed")
+    assert "mentor.dev/rollout" not in (ns.get("modeldeployment", "md")["metadata"].get("annotations") or {})
+    assert any(e["reason"] == "CanaryRolledBack" for e in ns.events("md"))
+
+    # another model: this time the analysis (after promoteAfterMinutes) promotes it
+    ns.apply(resource("ModelDeployment", "md", {**spec, "modelUri": "s3://m/c/"}))
+    md = wait_for(lambda: (s := ns.status("ModelDeployment", "md")).get("modelVersion") == "s3://m/c/" and s, 180, what="the promotion")
+    assert md["rollouts"][-1]["outcome"] == "promoted" and md["rollouts"][-1]["reason"] == "healthy"
+    isvc = ns.get("inferenceservice", "md")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith(f"/export/{version_id('s3://m/c/')}/model/")
+    assert not isvc["spec"].get("canary")
+    assert ns.get("job", f"md-rollout-{version_id('s3://m/c/')}-0") is not None
 
 
 def test_missing_reference_waits_then_proceeds_when_it_appears(operator, ns):

@@ -116,6 +116,7 @@ def _predictor(body: dict[str, Any], spec: ModelDeploymentSpec, settings: Settin
     else:
         runtime, model_format = KSERVE_RUNTIMES[spec.runtime]
         predictor["model"] = {
+            "name": "kserve-container",  # the canary's schema requires the container's name
             "modelFormat": {"name": model_format},
             "runtime": runtime,
             "storageUri": config.model_uri,
