@@ -270,3 +270,45 @@ def test_smollm2_answers_in_real_language(tmp_path):
             temperature=0, max_tokens=12, stream=True,
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
+
+
+def test_rag_returns_retrieved_ids_and_scores_with_the_answer(tiny, tmp_path):
+    from tests.serving.test_rag import DOCS, LANTERN_QUESTION, build
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    dataset = build(tmp_path / "dataset", docs, 512)
+    config = serve_config(
+        "tiny-rag", tiny, tmp_path / "out", maxNewTokens=4, batching={"maxBatchSize": 1, "maxWaitMs": 0},
+        rag={"enabled": True, "topK": 2}, indexUri=dataset.as_uri(),
+    )
+    with MentorServer(config, tmp_path / "work") as server:
+        reply = chat(server, LANTERN_QUESTION)
+        mentor = reply.model_extra["mentor"]
+        assert mentor["rag"] == "ok"
+        assert 1 <= len(mentor["retrieved"]) <= 2
+        assert all(set(hit) == {"id", "score", "source"} and isinstance(hit["score"], float) for hit in mentor["retrieved"])
+        # the passages are in the prompt: far more prompt tokens than the bare question
+        assert reply.usage.prompt_tokens > 40
+        streamed = list(client(server).chat.completions.create(
+            model=server.name, messages=[{"role": "user", "content": LANTERN_QUESTION}], temperature=0, stream=True,
+        ))
+        assert streamed[-1].model_extra["mentor"] == mentor
+        # completions take the prompt as it is: no retrieval
+        assert client(server).completions.create(model=server.name, prompt="Tea", max_tokens=2).model_extra["mentor"]["retrieved"] == []
+        assert metric_value(server.metrics(), "mentor_rag_available") == 1
+
+
+def test_chain_of_thought_returns_the_answer_alone_streamed_or_not():
+    from mentor_trainer.serve.generator import AnswerFilter
+
+    for text in ("<think>\nsteps here\n</think>\n\nTwelve traps.", "No thinking at all.", "<think>\nunfinished"):
+        expected = AnswerFilter.answer(text, chain_of_thought=True)
+        for size in (1, 3, 7):
+            stream = AnswerFilter(chain_of_thought=True)
+            pieces = [stream.feed(text[i:i + size]) for i in range(0, len(text), size)]
+            assert "".join(pieces) + stream.finish() == expected
+    assert AnswerFilter.answer("<think>\nx\n</think>\n\nTwelve traps.", True) == "Twelve traps."
+    assert AnswerFilter.answer("<think>x</think>y", False) == "<think>x</think>y"

@@ -106,17 +106,20 @@ class AnswerFilter:
     def __init__(self, chain_of_thought: bool):
         self.chain_of_thought = chain_of_thought
         self.released = not chain_of_thought
+        self.strip = False  # after </think>: drop whitespace until the answer starts
         self.buffer = ""
 
     def feed(self, delta: str) -> str:
         if self.released:
+            if self.strip:
+                delta = delta.lstrip()
+                self.strip = not delta
             return delta
         self.buffer += delta
         if THINK_CLOSE in self.buffer:
-            self.released = True
-            answer = self.buffer.split(THINK_CLOSE, 1)[1].lstrip()
-            self.buffer = ""
-            return answer
+            self.released, self.strip = True, True
+            rest, self.buffer = self.buffer.split(THINK_CLOSE, 1)[1], ""
+            return self.feed(rest)
         return ""
 
     def finish(self) -> str:

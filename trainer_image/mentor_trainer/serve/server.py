@@ -68,6 +68,9 @@ def payload_logger(config: ServeStageConfig) -> Any:
 
 
 def serve(config: ServeStageConfig) -> ServeResult:
+    from ..models import resolve_model
+
+    resolve_model(config.model_uri, "served model")  # a missing model fails here, before the heavy imports
     kserve, model_server = import_kserve()
     from .generator import Generator
     from .metrics import ServeMetrics
