@@ -227,6 +227,19 @@ def test_concurrent_requests_are_batched_logged_and_flushed_on_sigterm(tiny, tmp
         single = metric_value(text, "mentor_batch_size_bucket", {"le": "1.0"})
         assert batches - single >= 1, "no batch had more than one request"
         assert batches < 8
+        # sampled and greedy rows share a batch; the greedy row is what it is beside another greedy row
+        def v2(temperatures: list[float]) -> list[str]:
+            body = {"inputs": [
+                {"name": "text_input", "datatype": "BYTES", "shape": [2, 1], "data": [QUESTION, "Tell me about tea."]},
+                {"name": "temperature", "datatype": "FP32", "shape": [2, 1], "data": temperatures},
+                {"name": "max_tokens", "datatype": "INT32", "shape": [1, 1], "data": [6]},
+            ]}
+            response = httpx.post(f"{server.http_url}/v2/models/{server.name}/infer", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            return response.json()["outputs"][0]["data"]
+
+        mixed, greedy = v2([0.0, 1.5]), v2([0.0, 0.0])
+        assert mixed[0] == greedy[0] and all(mixed)
         # RAG on with a missing index: answers without retrieval and says so
         assert replies[0].model_extra["mentor"]["rag"].startswith("unavailable: ")
         assert metric_value(text, "mentor_rag_available") == 0
@@ -239,10 +252,11 @@ def test_concurrent_requests_are_batched_logged_and_flushed_on_sigterm(tiny, tmp
         code = server.stop(signal.SIGTERM)
     assert code == 0, server.log()[-3000:]
     result = json.loads(server.termination_log.read_text())
-    assert result["requestsServed"] == 8 and result["tokensGenerated"] >= 8
+    assert result["requestsServed"] == 12 and result["tokensGenerated"] >= 12
     assert result["rag"].startswith("unavailable: ")
     records = read_records(logs.as_uri())  # written at shutdown only (flushEvery 1000, flushSeconds 3600)
-    assert len(records) == 8 and result["payloadLogsWritten"] >= 8
+    assert len(records) == 12 and result["payloadLogsWritten"] >= 12
+    assert sorted({r.endpoint for r in records}) == ["/v1/chat/completions", "/v2/models/tiny-batch/infer"]
     assert {r.model_version for r in records} == {"v-test"}
     assert all(r.completion_tokens >= 1 and r.latency_ms > 0 and r.ttft_ms is not None for r in records)
     assert [f["rating"] for f in read_feedback(logs.as_uri())] == [1]

@@ -29,7 +29,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -168,7 +167,6 @@ class Generator:
         self._closing = False
         # set by the server: called (in the event loop) after each batch with (size, tokens, seconds)
         self.on_batch: Callable[[int, int, float], None] | None = None
-        self.lock = threading.Lock()
 
     # ---------------------------------------------------------------- loading
 
@@ -354,7 +352,7 @@ class Generator:
         )
         streamer = _BatchStreamer(batch, set(self.eos_ids))
         processors = LogitsProcessorList([_RowSampler(batch)]) if any(g.temperature > 0 for g in batch) else None
-        with self.lock, torch.inference_mode():
+        with torch.inference_mode():
             self.model.generate(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
@@ -365,17 +363,8 @@ class Generator:
             )
         streamer.end()
 
-    async def close(self, timeout: float = 30.0) -> None:
-        """Stop taking requests, let the running batch finish, stop the worker."""
-        self._closing = True
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), timeout)
-            except BaseException:  # noqa: BLE001 - cancelled or timed out: either way it is over
-                pass
-
     def shutdown(self) -> None:
+        """After the server stopped: no new requests, the running batch (if any) finishes."""
         self._closing = True
         self._executor.shutdown(wait=True, cancel_futures=True)
 

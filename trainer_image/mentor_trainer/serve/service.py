@@ -44,6 +44,8 @@ class MentorService:
         self.failed = 0
         self.tokens = 0
         self.started = int(time.time())
+        # metric label -> the path written into payload records
+        self.endpoint_paths = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "v2": f"/v2/models/{self.name}/infer"}
         generator.on_batch = metrics.batch
         if rag is not None:
             metrics.rag_available.labels(model=self.name).set(1 if rag.available else 0)
@@ -131,7 +133,7 @@ class MentorService:
             self.payload.log(
                 PayloadRecord(
                     request_id=request_id,
-                    endpoint=endpoint,
+                    endpoint=self.endpoint_paths.get(endpoint, endpoint),
                     prompt=prompt,
                     completion=completion,
                     retrieved_ids=[p.id for p in passages],
