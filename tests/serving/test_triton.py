@@ -10,6 +10,7 @@ The test process never imports kserve (its protobuf symbols clash with tritoncli
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 
 import numpy as np
@@ -327,9 +328,14 @@ def test_concurrent_requests_are_batched(server, reference):
     pending = [client.async_infer(MODEL, _inputs(httpclient, [p])) for p in prompts]
     texts = [_texts(p.get_result())[0] for p in pending]
     assert texts == [reference(p) for p in prompts]
-    after = client.get_inference_statistics(MODEL)["model_stats"][0]
-    inferences = int(after["inference_count"]) - int(before["inference_count"])
-    executions = int(after["execution_count"]) - int(before["execution_count"])
+    deadline = time.monotonic() + 30
+    while True:  # Triton updates its statistics after the responses have gone out
+        after = client.get_inference_statistics(MODEL)["model_stats"][0]
+        inferences = int(after["inference_count"]) - int(before["inference_count"])
+        executions = int(after["execution_count"]) - int(before["execution_count"])
+        if inferences >= len(prompts) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert inferences == len(prompts)
     assert executions < inferences  # the dynamic batcher put requests together
 
@@ -409,3 +415,67 @@ def test_stub_runs_in_this_environment(server):
     """The server's log names no failure of the python backend stub."""
     log = server.log()
     assert "Stub process" not in log and "error_already_set" not in log
+
+
+# --------------------------------------------------------------------------------------
+# the export stage's repository next to the `mentor` runtime
+
+
+def test_exported_repository_gives_the_mentor_runtime_text(tiny, tmp_path, reference):
+    """`mentor-trainer export` with runtime triton, served by the real tritonserver, and
+    `mentor-trainer serve` on the same export: one tritonclient request (HTTP, then gRPC) gives
+    the same text from both, and the same as transformers. Temperature 0 is asked for: the
+    export records a calibrated temperature (0.8 here), the default of both runtimes."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from mentor_trainer.config.deploy import ExportStageConfig
+    from mentor_trainer.export import main as export
+
+    from .mentor_server import MentorServer, serve_config
+
+    out = tmp_path / "export"
+    config = ExportStageConfig.model_validate(
+        {
+            "run": {"kind": "ModelDeployment", "name": MODEL, "namespace": "tests"},
+            "outputUri": out.as_uri(),
+            "progressFile": str(tmp_path / "progress.json"),
+            "modelUri": tiny.as_uri(),
+            "runtime": "triton",
+            "maxNewTokens": 8,
+            "temperature": 0.8,
+            "batching": {"maxBatchSize": 4, "maxWaitMs": 5},
+        }
+    )
+    result = export(config)
+    repo = out / "triton"
+    assert result.model_uri == config.output_uri + "/triton/"
+    params = _parse((repo / MODEL / "config.pbtxt").read_text()).parameters
+    assert params["max_new_tokens"].string_value == "8" and float(params["temperature"].string_value) == 0.8
+
+    prompts = PROMPTS[:2]
+    triton = TritonServer(repo, tmp_path / "tritonserver")
+    mentor = MentorServer(serve_config(MODEL, out / "model", tmp_path / "serve-out"), tmp_path / "mentor")
+    mentor.start(wait=False)  # both load at once
+    clients = []
+    try:
+        triton.start(timeout=300)
+        mentor.wait_ready(300)
+        answers = {}
+        for module, addresses in (
+            (httpclient, (triton.http_url, mentor.http_address)),
+            (grpcclient, (triton.grpc_url, mentor.grpc_address)),
+        ):
+            for runtime, address in zip(("triton", "mentor"), addresses):
+                client = module.InferenceServerClient(address)
+                clients.append(client)
+                inputs = _inputs(module, prompts, max_tokens=[8, 8], temperature=[0.0, 0.0])
+                answers[(module.__name__, runtime)] = _texts(client.infer(MODEL, inputs))
+        expected = [reference(p, 8) for p in prompts]
+        assert all(texts == expected for texts in answers.values()), answers
+    finally:
+        for client in clients:
+            client.close()
+        mentor.stop()
+        triton.stop()
+    assert triton.returncode == 0
