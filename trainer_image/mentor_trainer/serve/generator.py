@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 _DONE = object()
+MAX_TOKENS_CAP = 8192
 
 
 class RequestError(ValueError):
@@ -227,7 +228,9 @@ class Generator:
 
     @property
     def max_tokens_limit(self) -> int:
-        return max(self.context_length - 1, 1)
+        """The most tokens one request may ask for: the deployment's maxNewTokens or
+        MAX_TOKENS_CAP, whichever is larger, and always less than the context."""
+        return max(1, min(self.context_length - 1, max(self.default_max_tokens, MAX_TOKENS_CAP)))
 
     # ---------------------------------------------------------------- requests
 

@@ -14,6 +14,9 @@ routes follow the OpenAI wire format closely enough for the ``openai`` client:
 - ``POST /v1/feedback`` ``{"request_id", "rating", "correction"}``: stored beside the payload
   logs (the response's ``id`` is the request id to quote).
 
+Not supported: ``n`` > 1 (a 400), ``logprobs``, ``stop`` sequences, ``top_p`` and tools (ignored;
+generation stops at the model's end-of-sequence tokens or ``max_tokens``).
+
 Malformed or oversized requests get a 4xx with an OpenAI-style ``{"error": {"message",
 "type", "param", "code"}}`` body; nothing a client sends crashes the server.
 """
