@@ -326,3 +326,14 @@ def test_chain_of_thought_returns_the_answer_alone_streamed_or_not():
             assert "".join(pieces) + stream.finish() == expected
     assert AnswerFilter.answer("<think>\nx\n</think>\n\nTwelve traps.", True) == "Twelve traps."
     assert AnswerFilter.answer("<think>x</think>y", False) == "<think>x</think>y"
+
+
+def test_default_temperature_is_the_deployments_else_the_exported_one_else_greedy():
+    from transformers import GenerationConfig
+
+    from mentor_trainer.serve.generator import default_temperature
+
+    assert default_temperature(0.5, GenerationConfig(do_sample=True, temperature=0.8)) == 0.5
+    assert default_temperature(None, GenerationConfig(do_sample=True, temperature=0.8)) == 0.8  # calibrated, from the export
+    assert default_temperature(None, GenerationConfig()) == 0.0
+    assert default_temperature(None, None) == 0.0

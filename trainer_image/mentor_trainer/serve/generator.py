@@ -380,8 +380,7 @@ def default_temperature(configured: float | None, generation_config: Any) -> flo
         return float(configured)
     if generation_config is not None and getattr(generation_config, "do_sample", False):
         value = getattr(generation_config, "temperature", None)
-        if value:
-            return float(value)
+        return float(value) if value is not None else 1.0  # as the export reads it (export/card.py)
     return 0.0
 
 
