@@ -257,7 +257,10 @@ def openai_router(service: MentorService) -> APIRouter:
             messages = [m.as_dict() for m in body.messages]
             if not any(m["role"] == "user" for m in messages):
                 raise ApiError(400, "messages: at least one message must have role 'user'", param="messages", code="invalid_value")
-            prompt_ids, retrieval, question = await service.chat_prompt(messages)
+            try:
+                prompt_ids, retrieval, question = await service.chat_prompt(messages)
+            except Exception as error:  # noqa: BLE001 - e.g. a template that rejects the order of roles
+                raise ApiError(400, f"messages: the model's chat template cannot render them: {error}", param="messages", code="invalid_value") from None
             generation = submit(prompt_ids, body)
         except ApiError as error:
             return fail("chat", error)
