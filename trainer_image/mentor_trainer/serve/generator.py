@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.deploy import ServeStageConfig
-from ..errors import StageError
 
 log = logging.getLogger(__name__)
 
