@@ -10,6 +10,7 @@ The test process never imports kserve (its protobuf symbols clash with tritoncli
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 from pathlib import Path
 
@@ -180,44 +181,27 @@ def _texts(result) -> list[str]:
 # config.pbtxt and the repository layout (no server)
 
 
-def _parse(text: str):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def test_config_parses_as_triton_model_config():
-    from tritonclient.grpc import model_config_pb2 as pb
-
-    config = _parse(
-        render_config(
-            model_name=MODEL, max_batch_size=16, max_wait_ms=7, gpus=0, max_new_tokens=64, temperature=0.7
-        )
+def test_config_text():
+    """The fields, as text (the real server parses the same renderer's output below)."""
+    text = render_config(
+        model_name=MODEL, max_batch_size=16, max_wait_ms=7, gpus=0, max_new_tokens=64, temperature=0.7
     )
-    assert config.name == MODEL and config.backend == "python" and config.max_batch_size == 16
-    assert config.dynamic_batching.max_queue_delay_microseconds == 7000
-    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
-        ("text_input", pb.TYPE_STRING, [1], False),
-        ("max_tokens", pb.TYPE_INT32, [1], True),
-        ("temperature", pb.TYPE_FP32, [1], True),
-    ]
-    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("text_output", pb.TYPE_STRING, [1])]
-    assert [(g.kind, g.count) for g in config.instance_group] == [(pb.ModelInstanceGroup.KIND_CPU, 1)]
-    assert config.parameters["max_new_tokens"].string_value == "64"
-    assert float(config.parameters["temperature"].string_value) == pytest.approx(0.7)
+    assert f'name: "{MODEL}"\nbackend: "python"\nmax_batch_size: 16\n' in text
+    assert "max_queue_delay_microseconds: 7000" in text
+    assert '{ name: "text_input", data_type: TYPE_STRING, dims: [ 1 ] }' in text
+    assert '{ name: "max_tokens", data_type: TYPE_INT32, dims: [ 1 ], optional: true }' in text
+    assert '{ name: "temperature", data_type: TYPE_FP32, dims: [ 1 ], optional: true }' in text
+    assert 'output [\n  { name: "text_output", data_type: TYPE_STRING, dims: [ 1 ] }\n]' in text
+    assert "{ count: 1, kind: KIND_CPU }" in text and "KIND_GPU" not in text
+    assert 'key: "max_new_tokens"\n  value: { string_value: "64" }' in text
+    assert 'key: "temperature"\n  value: { string_value: "0.7" }' in text
 
 
 def test_gpus_choose_gpu_instances_and_no_temperature_means_greedy():
-    from tritonclient.grpc import model_config_pb2 as pb
-
-    config = _parse(
-        render_config(model_name="m", max_batch_size=4, max_wait_ms=0, gpus=2, max_new_tokens=8, temperature=None)
-    )
-    (group,) = config.instance_group
-    assert group.kind == pb.ModelInstanceGroup.KIND_GPU and list(group.gpus) == [0, 1]
-    assert "temperature" not in config.parameters
-    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    text = render_config(model_name="m", max_batch_size=4, max_wait_ms=0, gpus=2, max_new_tokens=8, temperature=None)
+    assert "{ count: 1, kind: KIND_GPU, gpus: [ 0, 1 ] }" in text and "KIND_CPU" not in text
+    assert '"temperature"\n' not in text  # no default temperature parameter: greedy
+    assert "max_queue_delay_microseconds: 0" in text
 
 
 @pytest.mark.parametrize(
@@ -260,6 +244,40 @@ def test_repository_layout(tiny, tmp_path):
 
 # --------------------------------------------------------------------------------------
 # the real server
+
+
+def test_gpu_instances_as_triton_reads_them(tiny, tmp_path):
+    """A gpus > 0 repository on the real server: Triton parses config.pbtxt and either loads
+    GPU instances (where it has a GPU) or refuses them naming the GPU (here: none), never
+    falling back to the CPU."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        TritonDist.locate()
+    except TritonUnavailable as err:
+        pytest.skip(str(err))
+    repo = tmp_path / "repo"
+    write_repository(tiny, repo, model_name="on-device", max_batch_size=2, max_wait_ms=1, gpus=1,
+                     max_new_tokens=4, temperature=None)
+    triton = TritonServer(repo, tmp_path / "server", extra_args=["--model-control-mode=explicit"])
+    triton.start(timeout=120)
+    client = httpclient.InferenceServerClient(triton.http_url)
+    try:
+        try:
+            client.load_model("on-device")
+        except InferenceServerException as err:
+            # here: "instance group on-device_0 ... specifies invalid or unsupported gpu id 0"
+            assert re.search(r"(?i)\bgpus?\b", str(err)), err
+            assert not client.is_model_ready("on-device")
+        else:
+            config = client.get_model_config("on-device")
+            assert [g["kind"] for g in config["instance_group"]] == ["KIND_GPU"]
+        assert client.is_server_live()
+    finally:
+        client.close()
+        triton.stop()
+    assert triton.returncode == 0, triton.log()[-3000:]
 
 
 def test_server_serves_the_written_config(server):
@@ -450,8 +468,6 @@ def test_exported_repository_gives_the_mentor_runtime_text(tiny, tmp_path, refer
     result = export(config)
     repo = out / "triton"
     assert result.model_uri == config.output_uri + "/triton/"
-    params = _parse((repo / MODEL / "config.pbtxt").read_text()).parameters
-    assert params["max_new_tokens"].string_value == "8" and float(params["temperature"].string_value) == 0.8
 
     prompts = PROMPTS[:2]
     triton = TritonServer(repo, tmp_path / "tritonserver")
@@ -461,6 +477,11 @@ def test_exported_repository_gives_the_mentor_runtime_text(tiny, tmp_path, refer
     try:
         triton.start(timeout=300)
         mentor.wait_ready(300)
+        config = httpclient.InferenceServerClient(triton.http_url)
+        clients.append(config)
+        params = config.get_model_config(MODEL)["parameters"]  # as Triton parsed config.pbtxt
+        assert params["max_new_tokens"]["string_value"] == "8"
+        assert float(params["temperature"]["string_value"]) == 0.8
         answers = {}
         for module, addresses in (
             (httpclient, (triton.http_url, mentor.http_address)),

@@ -138,6 +138,7 @@ class TritonServer:
     work_dir: Path
     shm_bytes: int = 4 * 1024 * 1024
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     shm_prefix: str = ""
     returncode: int | None = None  # the server's exit status once stopped (0: a clean shutdown)
@@ -194,6 +195,7 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={self.shm_bytes}",
             f"--backend-config=python,shm-growth-byte-size={self.shm_bytes}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *self.extra_args,
         ]
 
     def stub_env(self) -> Path:

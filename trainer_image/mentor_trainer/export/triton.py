@@ -3,7 +3,7 @@
 :func:`write_repository` lays out::
 
     <repo_dir>/<model_name>/config.pbtxt   python backend, dynamic batching, CPU/GPU instances
-    <repo_dir>/<model_name>/1/model.py     the TritonPythonModel (``triton_model.py`` beside this file)
+    <repo_dir>/<model_name>/1/model.py     the TritonPythonModel (``triton_model.py.jinja`` beside this file)
     <repo_dir>/<model_name>/1/model/       the exported HF directory, copied
 
 The model's I/O is the one the ``mentor`` runtime serves too, so one ``tritonclient`` call
@@ -20,7 +20,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-MODEL_FILE = Path(__file__).with_name("triton_model.py")
+# the python backend's model file, shipped as package data and copied verbatim
+MODEL_FILE = Path(__file__).with_name("triton_model.py.jinja")
 HF_SUBDIR = "model"  # 1/model/: where model.py looks for the HF directory
 
 
