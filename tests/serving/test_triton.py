@@ -232,7 +232,9 @@ def test_repository_layout(tiny, tmp_path):
     assert sorted(p.name for p in (repo / "m" / "1").iterdir()) == ["model", "model.py"]
     copied = repo / "m" / "1" / "model"
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in tiny.iterdir())
-    assert "class TritonPythonModel" in (repo / "m" / "1" / "model.py").read_text()
+    model_py = (repo / "m" / "1" / "model.py").read_text()
+    assert "class TritonPythonModel" in model_py
+    compile(model_py, "model.py", "exec")  # Python, whatever its packaged name
     assert "KIND_GPU" in (repo / "m" / "config.pbtxt").read_text()
 
     with pytest.raises(FileNotFoundError, match="config.json"):
