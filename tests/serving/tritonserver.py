@@ -21,7 +21,10 @@ How it runs:
   the stub misreads every BYTES tensor and dies), so NumPy 1.26 comes first, installed once
   with uv into the cache (``$MENTOR_CACHE/bin/triton-stub-numpy-...``) like the other
   binaries the tests need (``MENTOR_TRITON_STUB_SITE`` names a ready one instead);
-- HTTP, gRPC and metrics on free loopback ports, python backend shared memory kept small.
+- HTTP, gRPC and metrics on free loopback ports, python backend shared memory kept small and
+  named with a per-server prefix; :meth:`TritonServer.stop` sends SIGINT (a clean shutdown
+  within ``--exit-timeout-secs``, once clients have closed their keep-alive connections), then
+  kills what is left of the process group and removes the prefix's shared-memory regions.
 """
 
 from __future__ import annotations
