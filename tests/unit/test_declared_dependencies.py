@@ -45,11 +45,6 @@ FIRST_PARTY = (
 )
 
 
-# Modules the runtime that loads a file provides, not a distribution: Triton's python backend
-# gives the model.py of an exported Triton repository its utilities.
-PROVIDED_AT_RUNTIME = {"trainer_image/mentor_trainer/export/triton_model.py": {"triton_python_backend_utils"}}
-
-
 def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -84,8 +79,8 @@ def test_every_third_party_import_is_declared() -> None:
     for path in sorted(p for tree in top_trees for p in (REPO / tree).rglob("*.py")):
         extras = allowed_extras(path)
         allowed = declared(extras)
-        where = path.relative_to(REPO)
-        for module in sorted(imported_modules(path) - PROVIDED_AT_RUNTIME.get(where.as_posix(), set())):
+        for module in sorted(imported_modules(path)):
+            where = path.relative_to(REPO)
             distributions = {normalized(d) for d in providers.get(module, ())}
             if not distributions:
                 problems.append(f"{where}: imports {module}, which no installed distribution provides")
