@@ -20,7 +20,8 @@ demo:  ## run the quickstart pipeline locally on CPU
 	venv="$(VENV)"
 	"$$venv/bin/mentor" validate -f examples/quickstart/
 	"$$venv/bin/mentor-trainer" smollm2 --out .mentor/smollm2  # the base model, converted once
-	"$$venv/bin/mentor" run -f examples/quickstart/ --root .mentor/quickstart
+	"$$venv/bin/mentor" run -f examples/quickstart/ --root .mentor/quickstart --serve-seconds 0 \
+		--ask "How many pheromone traps per hectare are used against the frost moth?"
 
 test:  ## run the whole test suite (builds the control plane, helm and MinIO on first use)
 	venv="$(VENV)"

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         line = f"<== {step.kind}/{step.name}: {step.phase} in {step.seconds:.1f}s"
         print(line + (f": {step.message}" if step.message else ""))
 
-    executor = LocalExecutor(Path(args.root), serve_seconds=args.serve_seconds, serve_port=args.port)
+    executor = LocalExecutor(Path(args.root), serve_seconds=args.serve_seconds, serve_port=args.port, example_question=args.ask)
     results = executor.run(ordered, on_step=report)
     print(f"\n{'KIND':<16} {'NAME':<28} {'PHASE':<10} {'SECONDS':>8}  OUTPUT")
     for step in results:
@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", default=".mentor", help="Local artifact root (default: ./.mentor).")
     run.add_argument(
         "--serve-seconds", type=float, default=None,
-        help="Serve a ModelDeployment this long after exporting it (default: until Ctrl-C; 0: export only).",
+        help="Keep a ModelDeployment serving this long after its example request (default: until Ctrl-C; 0: stop at once).",
     )
     run.add_argument("--port", type=int, default=8080, help="Local port of a served ModelDeployment (gRPC: port + 1).")
+    run.add_argument("--ask", default="What can you tell me about this domain?", help="The example question a served ModelDeployment answers.")
     run.set_defaults(func=_run)
 
     args = parser.parse_args(argv)

@@ -41,6 +41,21 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def _example_call(url: str, request: dict[str, Any]) -> str:
+    """One chat request to the served model: its answer and what it retrieved, for the console."""
+    call = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=json.dumps(request).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(call, timeout=300) as response:
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as error:
+        return f"the example request failed: {error}"
+    text = " ".join(answer["choices"][0]["message"]["content"].split())
+    retrieved = ", ".join(r["id"].rsplit("/", 1)[-1] for r in (answer.get("mentor") or {}).get("retrieved") or [])
+    return f"Q: {request['messages'][0]['content']}\n      A: {text[:300]}" + (f"\n      retrieved: {retrieved}" if retrieved else "")
+
+
 def read_progress(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -80,13 +95,16 @@ class LocalExecutor:
         python: str = sys.executable,
         serve_seconds: float | None = 0,
         serve_port: int = 8080,
+        example_question: str = "What can you tell me about this domain?",
     ):
         self.root = root.resolve()
         self.out = out or sys.stdout
         self.python = python
-        # A ModelDeployment is exported, then served this long (None: until Ctrl-C; 0: not served).
+        # A ModelDeployment is exported, served, asked `example_question`, then kept serving
+        # this long (None: until Ctrl-C; 0: stopped right after the example).
         self.serve_seconds = serve_seconds
         self.serve_port = serve_port
+        self.example_question = example_question
         self.settings = Settings(
             artifact_root=(self.root / "artifacts").as_uri(),
             mlflow_tracking_uri=f"sqlite:///{self.root / 'mlflow.db'}",
@@ -130,7 +148,7 @@ class LocalExecutor:
         body["status"].update(phase="Running", startTime=now(), outputUri=out, **resolution.status)
         stage = api.info.stage
         if api.workload == "serving":
-            config = render_export_config(body, spec, resolution.values, self.settings)
+            config = render_export_config(body, spec, resolution.values["model_uri"], resolution.values, self.settings)
         else:
             config = render_stage_config(spec, body, resolution.values, self.settings, stage)
         ok, message = self._run_stage(doc, stage, config)
@@ -138,10 +156,11 @@ class LocalExecutor:
             return self._finish(body, "Failed", message, started)
         status = result_status(api, parse_result(message), out, body["status"].get("conditions"), body["metadata"].get("generation"))
         body["status"].update(status)
-        if api.workload == "serving" and self.serve_seconds != 0:
+        if api.workload == "serving":
+            body["status"]["modelVersion"] = resolution.values["model_uri"]
             if spec.runtime != "mentor":
                 return self._finish(body, "Succeeded", f"exported for the {spec.runtime} runtime; only the mentor runtime serves locally", started)
-            serve_config = render_serve_config(body, spec, resolution.values, self.settings)
+            serve_config = render_serve_config(body, spec, resolution.values["model_uri"], resolution.values, self.settings)
             ok, message = self._serve(doc, body, serve_config.model_copy(update={"http_port": self.serve_port, "grpc_port": self.serve_port + 1}))
             if not ok:
                 return self._finish(body, "Failed", message, started)
@@ -161,11 +180,12 @@ class LocalExecutor:
             if not _wait_ready(f"{url}/v2/health/ready", process, READY_TIMEOUT_SECONDS):
                 return False, f"the server did not become ready within {READY_TIMEOUT_SECONDS}s (exit code {process.poll()})"
             body["status"]["url"] = url
+            request = {"model": doc.name, "messages": [{"role": "user", "content": self.example_question}], "max_tokens": 48}
             self.out.write(
                 f"    [{doc.name}] serving at {url} (OpenAI: {url}/v1, Open Inference Protocol v2: {url}/v2)\n"
-                f"    [{doc.name}] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-                f"-d '{{\"model\": \"{doc.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
+                f"    [{doc.name}] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(request)}'\n"
             )
+            self.out.write(f"    [{doc.name}] {_example_call(url, request)}\n")
             self.out.flush()
             process.wait(timeout=self.serve_seconds)
         except subprocess.TimeoutExpired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,12 @@ def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict]) 
     return target
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def normalized(text: str) -> str:
     return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
 
@@ -78,9 +85,12 @@ def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, caps
         "FineTuneJob": {"method": "lora", "lora": {"r": 16, "alpha": 32},
                         "hyperparameters": {"maxSteps": 30, "learningRate": 0.01, "maxSeqLength": 256}},
         "Evaluation": {"generation": {"maxNewTokens": 16, "batchSize": 16}},
+        # the verdict on a random tiny model is not asserted, so the deployment does not wait on it
+        "ModelDeployment": {"evaluationRef": None, "maxNewTokens": 8},
     })
     root = tmp_path / "run"
-    assert main(["run", "-f", str(pipeline), "--root", str(root)]) == 0
+    port = free_port()
+    assert main(["run", "-f", str(pipeline), "--root", str(root), "--serve-seconds", "0", "--port", str(port), "--ask", "Hello?"]) == 0
     out = capsys.readouterr().out
     assert "<== DomainDataset/quickstart-corpus: Succeeded" in out
     assert "<== FineTuneJob/quickstart-expert: Succeeded" in out
@@ -129,6 +139,15 @@ def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, caps
     assert "qa.fact" in tail and "retrieval.rag_f1" in tail
     assert f"Q: {HELDOUT[0]['question']}" in tail and "model + RAG:" in tail and "baseline:" in tail
 
+    # the deployment: exported, served on localhost, asked, stopped; the request was logged
+    assert "<== ModelDeployment/quickstart-serve: Succeeded" in out
+    assert f"serving at http://127.0.0.1:{port}" in out and "Q: Hello?" in out and "A: " in out
+    deployment = json.loads((root / "status/modeldeployment-quickstart-serve.json").read_text())["status"]
+    assert deployment["modelVersion"] == ftj["modelUri"] and deployment["quantization"] == "none"
+    assert Path(deployment["modelUri"].removeprefix("file://"), "generation_config.json").is_file()
+    logged = list(Path(deployment["outputUri"].removeprefix("file://"), "payloads", "requests").rglob("part-*"))
+    assert logged, "the example request was not logged"
+
 
 @pytest.mark.slow
 def test_quickstart_on_the_real_model_scores_heldout_answers(tmp_path, capsys):
@@ -143,12 +162,17 @@ def test_quickstart_on_the_real_model_scores_heldout_answers(tmp_path, capsys):
         "FineTuneJob": {"hyperparameters": {"epochs": 1, "maxSteps": 2, "perDeviceBatchSize": 2, "maxSeqLength": 256},
                         "evaluation": {"everySteps": 2}, "checkpointing": {"everySteps": 2}},
         "Evaluation": {"qaUri": questions.as_uri(), "generation": {"maxNewTokens": 12}, "bootstrapSamples": 200},
+        "ModelDeployment": {"evaluationRef": None, "maxNewTokens": 24},  # the verdict after 2 steps is not asserted
     })
     root = tmp_path / "run"
-    main(["run", "-f", str(pipeline), "--root", str(root)])  # the verdict after 2 steps is not asserted
+    question = HELDOUT[0]["question"]
+    main(["run", "-f", str(pipeline), "--root", str(root), "--serve-seconds", "0", "--port", str(free_port()), "--ask", question])
     out = capsys.readouterr().out
-    for step in ("DomainDataset/quickstart-corpus", "FineTuneJob/quickstart-expert", "Evaluation/quickstart-eval"):
+    for step in ("DomainDataset/quickstart-corpus", "FineTuneJob/quickstart-expert", "Evaluation/quickstart-eval", "ModelDeployment/quickstart-serve"):
         assert f"<== {step}: Succeeded" in out, out[-3000:]
+    # the served model answers the question with passages retrieved from the dataset's index
+    answer = out.split(f"Q: {question}")[1]
+    assert "A: " in answer and "retrieved: " in answer, answer[:2000]
     ftj = json.loads((root / "status/finetunejob-quickstart-expert.json").read_text())["status"]
     assert ftj["progress"]["step"] == 2 and ftj["metrics"]["base_eval_loss"] < 10  # a model that knows language
     evaluation = json.loads((root / "status/evaluation-quickstart-eval.json").read_text())["status"]
