@@ -10,22 +10,15 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
-from mentor_trainer.tiny_model import build_tiny_model
 from tests.serving.mentor_server import MentorServer, metric_value, serve_config
 
 QUESTION = "How are Copper Crown leaves dried?"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from mentor_trainer.export.triton import render_config, write_repository
-from mentor_trainer.tiny_model import build_tiny_model
 
 from .tritonserver import TritonDist, TritonServer, TritonUnavailable
 
@@ -34,21 +33,6 @@ PROMPTS = [
 
 # --------------------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
