@@ -215,6 +215,8 @@ def test_mentor_runtime_and_drift_cron_job():
     container = isvc["spec"]["predictor"]["containers"][0]
     assert container["command"][:2] == ["mentor-trainer", "serve"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HOME"]["value"] == "/tmp" and "MENTOR_PROGRESS_PATH" not in env  # writable home, no status patches
     serve_cm = next(c for c in children if c["metadata"]["name"] == f"demo-serve-{version_id('s3://m/x/')}-config")
     serve_config = json.loads(serve_cm["data"]["config.json"])
     assert serve_config["indexUri"] == "s3://art/docs/index/"

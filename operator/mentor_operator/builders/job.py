@@ -48,14 +48,16 @@ def build_config_map(body: dict[str, Any], config: StageRuntime, stage: str, ins
     }
 
 
-def stage_env(body: dict[str, Any], settings: Settings, config: StageRuntime) -> list[dict[str, Any]]:
+def stage_env(body: dict[str, Any], settings: Settings, config: StageRuntime, progress: bool = True) -> list[dict[str, Any]]:
+    """What a stage's container needs besides its config file: a writable HOME, no hub, the
+    object store and its credentials, tracking, secrets; `progress`: where to report it."""
     env: list[dict[str, Any]] = [
         {"name": "MENTOR_CONFIG", "value": CONFIG_FILE},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    if settings.report_progress:
+    if progress and settings.report_progress:
         env.append({"name": "MENTOR_PROGRESS_PATH", "value": status_path(body)})
     if config.tracking.uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": config.tracking.uri})

@@ -11,7 +11,7 @@ from mentor_trainer.config import DriftStageConfig, ServeStageConfig
 from ..api.common import Resources
 from ..api.modeldeployment import ModelDeploymentSpec
 from ..settings import Settings
-from .job import CONFIG_DIR, CONFIG_FILE, RESTRICTED_CONTAINER_SECURITY, build_pod_template, container_resources
+from .job import CONFIG_DIR, CONFIG_FILE, RESTRICTED_CONTAINER_SECURITY, build_pod_template, container_resources, stage_env
 from .meta import child_name, object_meta
 
 # runtime -> (KServe ServingRuntime, model format it serves)
@@ -98,6 +98,9 @@ def _predictor(body: dict[str, Any], spec: ModelDeploymentSpec, settings: Settin
                 "name": "kserve-container",
                 "image": spec.image or settings.serve_image,
                 "command": ["mentor-trainer", "serve", "--config", CONFIG_FILE],
+                # the object store for the model, index and payload logs; no status reports
+                # (predictor pods run without the stage account)
+                "env": stage_env(body, settings, config, progress=False),
                 "ports": [{"name": "http1", "containerPort": config.http_port, "protocol": "TCP"}],
                 "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": config.http_port}, "periodSeconds": 5},
                 "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": config.http_port}, "periodSeconds": 15, "failureThreshold": 4},
