@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from mentor_trainer.config.common import CelRule, ModelUri, Spec, exactly_one
-from mentor_trainer.config.deploy import ExportResult, ServingOptions
+from mentor_trainer.config.deploy import DriftResult, ExportResult, ServingOptions
 
 from .common import (
     JobSpecBase,
@@ -46,13 +46,9 @@ class ModelDeploymentSpec(JobSpecBase, ServingOptions):
     )
 
 
-class DriftStatus(Spec):
-    """Result of the latest drift check."""
+class DriftStatus(DriftResult):
+    """Result of the latest drift check, and the retraining it caused."""
 
-    last_check_time: str | None = Field(default=None, description="When the last check ran (RFC 3339).")
-    score: float | None = Field(default=None, description="Share of drifted features in the last check.")
-    drifted: bool | None = Field(default=None, description="Whether the last check found drift.")
-    report_uri: str | None = Field(default=None, description="Evidently report of the last check.")
     retrain_count: int = Field(default=0, description="Retraining pipelines started on drift.")
     last_retrain_time: str | None = Field(default=None, description="When the last retraining started.")
 

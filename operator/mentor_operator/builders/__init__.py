@@ -118,7 +118,9 @@ def plan_serving(
             {
                 "drift": spec.monitoring.drift,
                 "payload_log_uri": log_uri,
-                "reference_uri": spec.monitoring.drift.reference_uri or resolved.get("reference_uri") or log_uri,
+                # the training dataset's validation prompts, unless the spec names a reference
+                "reference_uri": spec.monitoring.drift.reference_uri or resolved.get("dataset_uri"),
+                "tokenizer_uri": f"{export_uri(out, stable)}model/",
             },
             settings,
             "drift",

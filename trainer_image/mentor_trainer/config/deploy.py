@@ -174,7 +174,35 @@ class DriftStageConfig(StageRuntime):
 
     drift: Drift = Field(description="Drift settings.")
     payload_log_uri: StorageUri = Field(description="Logged traffic.")
-    reference_uri: StorageUri = Field(description="Reference data.")
+    reference_uri: StorageUri | None = Field(
+        default=None,
+        description="Reference: a DomainDataset (its validation split's prompts) or a payload log of reference traffic.",
+    )
+    tokenizer_uri: ModelUri | None = Field(
+        default=None, description="The served model, whose tokenizer measures the out-of-vocabulary share."
+    )
+
+
+class DriftSignal(Spec):
+    """One signal of a drift check, on its stated scale."""
+
+    name: str = Field(description="What is compared, e.g. embedding.mmd or prompt.length.")
+    score: float | None = Field(default=None, description="Its drift score (effect size, on the signal's scale).")
+    threshold: float | None = Field(default=None, description="Above it, the signal has drifted.")
+    drifted: bool | None = Field(default=None, description="Whether the signal drifted.")
+
+
+class DriftResult(StageResult):
+    """Outcome of `mentor-trainer drift`: the verdict, its score and each signal."""
+
+    last_check_time: str | None = Field(default=None, description="When the last check ran (RFC 3339).")
+    drifted: bool | None = Field(default=None, description="Whether the last check found drift (unset when skipped).")
+    score: float | None = Field(default=None, description="Share of signals that drifted in the last check.")
+    report_uri: str | None = Field(default=None, description="Evidently report of the last check.")
+    requests: int | None = Field(default=None, description="Logged requests compared.")
+    reference_rows: int | None = Field(default=None, description="Reference rows compared.")
+    skipped: str | None = Field(default=None, description="Why the check decided nothing (too few requests, no reference).")
+    signals: list[DriftSignal] = Field(default_factory=list, description="Each signal's score, threshold and verdict.")
 
 
 class ServeResult(StageResult):
