@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 RECONCILES = Counter("mentor_reconciles_total", "Reconciliations by kind and outcome.", ["kind", "outcome"])
@@ -16,6 +16,11 @@ RECONCILE_SECONDS = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+DRIFT_SCORE = Gauge(
+    "mentor_drift_score", "Share of drift signals that drifted in a deployment's latest check.", ["namespace", "name"]
+)
+DRIFTED = Gauge("mentor_drifted", "1 when a deployment's latest drift check found drift.", ["namespace", "name"])
 
 
 class PhaseTracker:

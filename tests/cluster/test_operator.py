@@ -176,6 +176,26 @@ def test_canary_rollout_rolled_back_by_annotation_then_promoted_by_analysis(oper
     assert ns.get("job", f"md-rollout-{version_id('s3://m/c/')}-0") is not None
 
 
+def test_drift_check_result_reaches_status_with_an_event(operator, ns):
+    signals = [{"name": "embedding.mmd", "score": 0.31, "threshold": 0.1, "drifted": True},
+               {"name": "prompt.length", "score": 0.02, "threshold": 0.25, "drifted": False}]
+    # every pod of the deployment ends with this result: the export reads its fields, the check its own
+    result = json.dumps({"quantization": "none", "lastCheckTime": "2026-11-30T02:00:00Z", "drifted": True, "score": 0.5,
+                         "requests": 812, "signals": signals, "reportUri": "s3://out/drift/report.html"})
+    spec = {"modelUri": "s3://m/a/", "runtime": "huggingface", "monitoring": {"drift": {"schedule": "0 * * * *"}},
+            "scheduling": pod_annotations(run_ms="200", result=result)}
+    ns.apply(resource("ModelDeployment", "md", spec))
+    wait_for(lambda: ns.get("cronjob", "md-drift"), 60, what="the drift CronJob")
+    ns.cp.kubectl("create", "job", "check-1", "--from=cronjob/md-drift", "-n", ns.name)  # what the schedule would do
+    md = wait_for(lambda: (s := ns.status("ModelDeployment", "md")).get("drift", {}).get("drifted") is not None and s, 90,
+                  what="the drift result in status")
+    drift = md["drift"]
+    assert drift["drifted"] is True and drift["score"] == 0.5 and drift["requests"] == 812
+    assert [s["name"] for s in drift["signals"] if s["drifted"]] == ["embedding.mmd"] and drift["retrainCount"] == 0
+    event = wait_for(lambda: next((e for e in ns.events("md") if e["reason"] == "DriftDetected"), None), 30, what="the DriftDetected event")
+    assert "embedding.mmd" in event["message"]
+
+
 def test_missing_reference_waits_then_proceeds_when_it_appears(operator, ns):
     ns.apply(finetune("ft", "later", scheduling=pod_annotations(run_ms="200")))
     status = ns.wait_phase("FineTuneJob", "ft", "Waiting")

@@ -224,6 +224,7 @@ def test_mentor_runtime_and_drift_cron_job():
     assert serve_config["payloadLogUri"] == f"{OUT}payloads/"
     cron = next(c for c in children if c["kind"] == "CronJob")
     assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["jobTemplate"]["metadata"]["labels"]["mentor.dev/stage"] == "drift"  # its Jobs are watched
     drift_container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert drift_container["command"][:2] == ["mentor-trainer", "drift"]
     assert "nvidia.com/gpu" not in drift_container["resources"]["requests"]

@@ -12,7 +12,7 @@ from ..api.common import Resources
 from ..api.modeldeployment import ModelDeploymentSpec
 from ..settings import Settings
 from .job import CONFIG_DIR, CONFIG_FILE, RESTRICTED_CONTAINER_SECURITY, build_pod_template, container_resources, stage_env
-from .meta import child_name, object_meta
+from .meta import child_name, labels, object_meta
 
 # runtime -> (KServe ServingRuntime, model format it serves)
 KSERVE_RUNTIMES = {
@@ -151,6 +151,8 @@ def build_drift_cron_job(
             "suspend": spec.suspend,
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
-            "jobTemplate": {"spec": {"backoffLimit": 1, "template": template}},
+            # labelled like every stage Job, so the operator's Job watch folds each check's result
+            "jobTemplate": {"metadata": {"labels": labels(body["kind"], body["metadata"]["name"], "drift")},
+                            "spec": {"backoffLimit": 1, "template": template}},
         },
     }

@@ -9,9 +9,10 @@ from typing import Any
 import kopf
 
 from ..api import KINDS
-from ..builders.meta import LABEL_MANAGED_BY, MANAGED_BY
+from ..builders.meta import LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, LABEL_STAGE, MANAGED_BY
+from ..status import runner_state
 from .kinds import cached_lookup, plain
-from .reconcile import Context, fold_runner, reconcile
+from .reconcile import Context, fold_drift_check, fold_runner, reconcile
 
 log = logging.getLogger("mentor.children")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -45,6 +46,13 @@ def wake_dependents(ctx: Context, owner: dict[str, Any], indexes: dict[str, Any]
 
 def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> None:
     if ctx.already_folded(child):
+        return
+    labels = child["metadata"].get("labels") or {}
+    if labels.get(LABEL_STAGE) == "drift":  # a drift check, run by the deployment's CronJob
+        owner = ctx.kube.get(labels.get(LABEL_KIND, ""), child["metadata"]["namespace"], labels.get(LABEL_NAME, ""))
+        if owner is not None:
+            fold_drift_check(ctx, owner, child)
+            ctx.folded[child["metadata"]["uid"]] = runner_state(child).phase
         return
     owner = _owner(ctx, child)
     if owner is None:

@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mentor_trainer.config import RolloutResult
+from mentor_trainer.config.deploy import DriftResult
 from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
@@ -26,7 +27,7 @@ from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
 from ..kube import Kube
-from ..metrics import PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from ..metrics import DRIFT_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, parse_time, recorded
 from ..settings import Settings
 from ..status import (
@@ -359,3 +360,33 @@ def _export_result(ctx: Context, body: dict[str, Any], export_job: dict[str, Any
     quantisation cost."""
     termination = _termination(ctx, export_job, "Succeeded")
     return result_status(KINDS[body["kind"]], parse_result(termination[1]) if termination else {}, None)
+
+
+def fold_drift_check(ctx: Context, body: dict[str, Any], job: dict[str, Any]) -> None:
+    """A finished drift check: its result becomes status.drift (the retraining history kept),
+    the gauges follow it, and an Event marks when drift starts or ends."""
+    state = runner_state(job)
+    if state.phase not in TERMINAL_PHASES:
+        return
+    meta = body["metadata"]
+    previous = (body.get("status") or {}).get("drift") or {}
+    if state.phase == "Failed":
+        message = (_termination(ctx, job, "Failed") or (state.reason, state.message))[1]
+        kopf.warn(body, reason="DriftCheckFailed", message=f"drift check {job['metadata']['name']} failed: {message}")
+        return
+    termination = _termination(ctx, job, "Succeeded")
+    result = DriftResult.from_wire(parse_result(termination[1]) if termination else {})
+    drift = {**previous, **result.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    for stale in ("drifted", "score", "skipped"):  # a skipped check decides nothing: no stale verdict
+        if getattr(result, stale) is None:
+            drift.pop(stale, None)
+    _write_status(ctx, body, {"drift": drift})
+    if result.score is not None:
+        DRIFT_SCORE.labels(meta["namespace"], meta["name"]).set(result.score)
+    if result.drifted is not None:
+        DRIFTED.labels(meta["namespace"], meta["name"]).set(int(result.drifted))
+        if result.drifted != bool(previous.get("drifted")):
+            reason, verb = ("DriftDetected", "found") if result.drifted else ("DriftEnded", "no longer finds")
+            drifted = [sig.name for sig in result.signals if sig.drifted]
+            message = f"the drift check {verb} drift (score {result.score})" + (f": {', '.join(drifted)}" if drifted else "")
+            (kopf.warn if result.drifted else kopf.info)(body, reason=reason, message=message)
