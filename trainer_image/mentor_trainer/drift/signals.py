@@ -1,0 +1,260 @@
+"""The drift signals: per-request descriptors, their effect sizes and the calibrated decision.
+
+Every signal compares the current window with the reference and yields
+
+- a **score**, an effect size on the signal's stated scale (below), which does not shrink to
+  zero or grow without bound with the sample size (unlike a p-value), and
+- a **p-value** of a two-sample test of "same distribution".
+
+A signal has **drifted** when ``score > threshold`` **and** ``p < ALPHA / k`` (Bonferroni over
+the ``k`` signals evaluated in this check). The effect-size floor keeps the check quiet at 100k
+rows, where any test rejects for a harmless difference; the corrected test keeps it quiet on
+small windows, where effect sizes are noisy. So, with no drift, the chance that *any* signal
+drifts is at most ``ALPHA`` (5%), whatever the window size. A signal that cannot be judged (no
+tokenizer, no retrieval scores, too few ratings, nothing on one side) is listed with
+``drifted=None`` and does not count.
+
+Scales and thresholds:
+
+==========================  ======================================================  =========
+signal                      score                                                   threshold
+==========================  ======================================================  =========
+prompt.length               Wasserstein-1 of prompt length (characters) divided by     0.75
+                            the reference's std (floor 1 char); KS test
+prompt.non_letter_share     the same on the share of non-whitespace characters that    0.75
+                            are not letters (std floor 0.02); KS test
+prompt.language             Jensen-Shannon distance (base 2, 0..1) of the language     0.2
+                            distributions (``detect_language``); chi-square test,
+                            a permutation test when a count is < 5
+prompt.oov_share            W1/std (floor 0.02) of the share of a prompt's tokens      0.75
+                            that are unknown or byte-fallback pieces; KS test
+completion.refusal_share    absolute difference (0..1) of the share of empty or        0.1
+                            refusing completions; Fisher exact test
+retrieval.top_score         W1/std (floor 0.02) of the best retrieval score; KS test   0.75
+feedback.rating             W1/std (floor 0.1) of ratings (>= 10 each side); KS test   0.75
+embedding.mmd               unbiased MMD^2 of MiniLM prompt embeddings, RBF kernel     0.05
+                            with the median heuristic, <= 1000 per side; permutation
+                            test
+==========================  ======================================================  =========
+
+Out-of-vocabulary share, defined: a prompt's tokens (the served model's tokenizer, without
+special tokens) that are the unknown token, a SentencePiece byte-fallback piece (``<0xNN>``),
+or a byte-level piece that is not a whole character (it decodes to U+FFFD alone); divided by
+the prompt's token count (0 for an empty prompt).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+ALPHA = 0.05
+MAX_EMBEDDED = 1000  # per side, for MMD
+PERMUTATIONS = 300
+MIN_RATINGS = 10
+
+THRESHOLDS = {
+    "prompt.length": 0.75,
+    "prompt.non_letter_share": 0.75,
+    "prompt.language": 0.2,
+    "prompt.oov_share": 0.75,
+    "completion.refusal_share": 0.1,
+    "retrieval.top_score": 0.75,
+    "feedback.rating": 0.75,
+    "embedding.mmd": 0.05,
+}
+STD_FLOORS = {
+    "prompt.length": 1.0,
+    "prompt.non_letter_share": 0.02,
+    "prompt.oov_share": 0.02,
+    "retrieval.top_score": 0.02,
+    "feedback.rating": 0.1,
+}
+
+_REFUSAL = re.compile(
+    r"^\s*(i'?m sorry|i am sorry|sorry,|i can(?:'|no)t|i cannot|i am (?:not able|unable)|i'?m (?:not able|unable)"
+    r"|as an ai|i do(?:n'| no)t know|i don'?t have (?:that|enough) information|unfortunately,? i)",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Signal:
+    name: str
+    score: float | None = None
+    threshold: float | None = None
+    p_value: float | None = None
+    drifted: bool | None = None
+    note: str | None = None  # why it was not judged, or a figure worth knowing
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "score": _round(self.score),
+            "threshold": self.threshold,
+            "p_value": _round(self.p_value),
+            "drifted": self.drifted,
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+# ---------------------------------------------------------------- descriptors
+
+
+def non_letter_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(1 for c in chars if not c.isalpha()) / len(chars) if chars else 0.0
+
+
+def is_refusal(completion: str) -> bool:
+    return not completion.strip() or bool(_REFUSAL.match(completion))
+
+
+def languages(texts: list[str]) -> list[str]:
+    from ..data.filters import detect_language
+
+    return [detect_language(t) if t.strip() else "und" for t in texts]
+
+
+def oov_shares(texts: list[str], tokenizer) -> np.ndarray:
+    """Per text: the share of its tokens that are unknown or byte pieces (see module docs)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    cache: dict[int, bool] = {}
+
+    def bad(token_id: int) -> bool:
+        if token_id not in cache:
+            piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+            cache[token_id] = (
+                token_id == unk
+                or bool(re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece))
+                or tokenizer.decode([token_id]) == "\ufffd"
+            )
+        return cache[token_id]
+
+    out = np.zeros(len(texts))
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        out[i] = sum(bad(t) for t in ids) / len(ids) if ids else 0.0
+    return out
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+def numeric(name: str, current, reference) -> Signal:
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    cur, ref = np.asarray(current, float), np.asarray(reference, float)
+    cur, ref = cur[np.isfinite(cur)], ref[np.isfinite(ref)]
+    signal = Signal(name, threshold=THRESHOLDS[name])
+    if len(cur) < 2 or len(ref) < 2:
+        signal.note = f"too few values (current {len(cur)}, reference {len(ref)})"
+        return signal
+    scale = max(float(np.std(ref)), STD_FLOORS[name])
+    signal.score = wasserstein_distance(cur, ref) / scale
+    signal.p_value = float(ks_2samp(cur, ref).pvalue)
+    return signal
+
+
+def categorical(name: str, current: list[str], reference: list[str], seed: int = 0) -> Signal:
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import chi2_contingency
+
+    signal = Signal(name, threshold=THRESHOLDS[name])
+    if not current or not reference:
+        signal.note = "nothing to compare"
+        return signal
+    cats = sorted(set(current) | set(reference))
+    table = np.array([[current.count(c) for c in cats], [reference.count(c) for c in cats]], float)
+    signal.score = float(jensenshannon(table[0] / table[0].sum(), table[1] / table[1].sum(), base=2))
+    if len(cats) < 2:
+        signal.p_value = 1.0
+    elif table.min() >= 5:
+        signal.p_value = float(chi2_contingency(table)[1])
+    else:  # small counts: the chi-square approximation is anti-conservative; permute instead
+        codes = np.array([cats.index(c) for c in current] + [cats.index(c) for c in reference])
+        rng, m, exceed = np.random.default_rng(seed), len(current), 0
+        for _ in range(PERMUTATIONS):
+            shuffled = rng.permutation(codes)
+            a = np.bincount(shuffled[:m], minlength=len(cats))
+            b = np.bincount(shuffled[m:], minlength=len(cats))
+            exceed += jensenshannon(a / a.sum(), b / b.sum(), base=2) >= signal.score - 1e-12
+        signal.p_value = (exceed + 1) / (PERMUTATIONS + 1)
+    top = sorted(zip(table[0], cats), reverse=True)[:3]
+    signal.note = "current: " + ", ".join(f"{c} {n / table[0].sum():.0%}" for n, c in top)
+    return signal
+
+
+def proportion(name: str, current: list[bool], reference: list[bool]) -> Signal:
+    from scipy.stats import fisher_exact
+
+    signal = Signal(name, threshold=THRESHOLDS[name])
+    if not current or not reference:
+        signal.note = "nothing to compare"
+        return signal
+    a, b = sum(current), sum(reference)
+    signal.score = abs(a / len(current) - b / len(reference))
+    signal.p_value = float(fisher_exact([[a, len(current) - a], [b, len(reference) - b]])[1])
+    signal.note = f"current {a / len(current):.1%}, reference {b / len(reference):.1%}"
+    return signal
+
+
+def mmd(current: np.ndarray, reference: np.ndarray, seed: int = 0, permutations: int = PERMUTATIONS) -> Signal:
+    """Unbiased MMD^2 with an RBF kernel (bandwidth: median pairwise distance of the pooled
+    sample) on at most MAX_EMBEDDED rows per side, and its permutation p-value."""
+    signal = Signal("embedding.mmd", threshold=THRESHOLDS["embedding.mmd"])
+    rng = np.random.default_rng(seed)
+    if len(current) < 2 or len(reference) < 2:
+        signal.note = "too few prompts to embed"
+        return signal
+    if len(current) > MAX_EMBEDDED:
+        current = current[rng.choice(len(current), MAX_EMBEDDED, replace=False)]
+    if len(reference) > MAX_EMBEDDED:
+        reference = reference[rng.choice(len(reference), MAX_EMBEDDED, replace=False)]
+    pooled = np.concatenate([current, reference]).astype(np.float64)
+    sq = np.sum(pooled**2, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * pooled @ pooled.T, 0.0)
+    n = len(pooled)
+    median = float(np.median(d2[np.triu_indices(n, 1)]))
+    kernel = np.exp(-d2 / max(median, 1e-12))
+    np.fill_diagonal(kernel, 0.0)
+    m = len(current)
+
+    def statistic(is_current: np.ndarray) -> float:
+        x, y = is_current, ~is_current
+        nx, ny = x.sum(), y.sum()
+        kxx = kernel[np.ix_(x, x)].sum() / (nx * (nx - 1))
+        kyy = kernel[np.ix_(y, y)].sum() / (ny * (ny - 1))
+        kxy = kernel[np.ix_(x, y)].sum() / (nx * ny)
+        return float(kxx + kyy - 2 * kxy)
+
+    labels = np.zeros(n, bool)
+    labels[:m] = True
+    observed = statistic(labels)
+    exceed = 0
+    for _ in range(permutations):
+        if statistic(rng.permutation(labels)) >= observed:
+            exceed += 1
+    signal.score = observed
+    signal.p_value = (exceed + 1) / (permutations + 1)
+    return signal
+
+
+def decide(signals: list[Signal], share: float) -> tuple[bool | None, float | None]:
+    """Mark each judged signal drifted or not (effect size and Bonferroni-corrected test) and
+    return (drifted, share of judged signals that drifted): drifted when that share > ``share``."""
+    judged = [s for s in signals if s.score is not None and s.p_value is not None]
+    if not judged:
+        return None, None
+    alpha = ALPHA / len(judged)
+    for s in judged:
+        s.drifted = bool(s.score > s.threshold and s.p_value < alpha)
+    fraction = sum(s.drifted for s in judged) / len(judged)
+    return fraction > share, fraction
