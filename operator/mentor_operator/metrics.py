@@ -21,6 +21,9 @@ DRIFT_SCORE = Gauge(
     "mentor_drift_score", "Share of drift signals that drifted in a deployment's latest check.", ["namespace", "name"]
 )
 DRIFTED = Gauge("mentor_drifted", "1 when a deployment's latest drift check found drift.", ["namespace", "name"])
+ROLLOUTS = Counter(
+    "mentor_rollouts_total", "Model versions rolled out, by outcome (promoted, rolledBack, replaced).", ["namespace", "name", "outcome"]
+)
 
 
 class PhaseTracker:

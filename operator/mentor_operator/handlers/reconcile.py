@@ -27,7 +27,7 @@ from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
 from ..kube import Kube
-from ..metrics import DRIFT_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from ..metrics import DRIFT_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, parse_time, recorded
 from ..settings import Settings
 from ..status import (
@@ -238,6 +238,7 @@ def _reconcile_serving(ctx: Context, body: dict[str, Any], spec: Any, resolution
         changes.update(_export_result(ctx, body, exports[versions.serve]))
         if stable is not None:
             changes["rollouts"] = recorded(status, versions.serve, "replaced", f"replaced {stable} (no canary configured)", stamp)
+            ROLLOUTS.labels(body["metadata"]["namespace"], body["metadata"]["name"], "replaced").inc()
             events.append(("Normal", "Replaced", f"serving {versions.serve} in place of {stable}"))
         stable = changes["modelVersion"] = versions.serve
     elif versions.serve != stable and served.phase == "Failed":
@@ -291,7 +292,7 @@ def _canary(
     state = runner_state(exports[version])
     if state.phase == "Failed":
         message = (_termination(ctx, exports[version], "Failed") or (state.reason, state.message))[1]
-        return _decide(status, version, "rollback", f"export failed: {message}", stamp, changes, events)
+        return _decide(body, version, "rollback", f"export failed: {message}", stamp, changes, events)
     if state.phase != "Succeeded":
         return None
     canary = dict(status.get("canary") or {})
@@ -311,7 +312,7 @@ def _canary(
         ctx.kube.patch(body["kind"], meta["namespace"], meta["name"], {"metadata": {"annotations": {ROLLOUT_ANNOTATION: None}}}, body["apiVersion"])
         if manual == "promote":
             changes.update(_export_result(ctx, body, exports[version]))
-        return _decide(status, version, manual, f"{manual} by the {ROLLOUT_ANNOTATION} annotation", stamp, changes, events)
+        return _decide(body, version, manual, f"{manual} by the {ROLLOUT_ANNOTATION} annotation", stamp, changes, events)
     if not analysis_due(canary, spec.canary.promote_after_minutes, parse_time(stamp)):
         return canary
     analysis = plan_rollout_analysis(body, spec, ctx.settings, stable, version, canary["startTime"], canary["analyses"])
@@ -324,7 +325,7 @@ def _canary(
         if result.decision in ("promote", "rollback"):
             if result.decision == "promote":
                 changes.update(_export_result(ctx, body, exports[version]))
-            return _decide(status, version, result.decision, reason, stamp, changes, events)
+            return _decide(body, version, result.decision, reason, stamp, changes, events)
         events.append(("Normal", "CanaryWaiting", f"analysis {canary['analyses'] + 1}: {reason}"))
         canary["analyses"] += 1
     elif outcome.phase == "Failed":
@@ -335,11 +336,13 @@ def _canary(
 
 
 def _decide(
-    status: dict[str, Any], version: str, decision: str, reason: str, stamp: str, changes: dict[str, Any], events: list[tuple[str, str, str]]
+    body: dict[str, Any], version: str, decision: str, reason: str, stamp: str, changes: dict[str, Any], events: list[tuple[str, str, str]]
 ) -> None:
     """Record a canary's promotion or roll-back; the next serving plan follows `changes`."""
+    status, namespace, name = body.get("status") or {}, body["metadata"]["namespace"], body["metadata"]["name"]
     outcome = "promoted" if decision == "promote" else "rolledBack"
     changes["rollouts"] = recorded({**status, **changes}, version, outcome, reason, stamp)
+    ROLLOUTS.labels(namespace, name, outcome).inc()
     if decision == "promote":
         changes["modelVersion"] = version
         events.append(("Normal", "CanaryPromoted", f"{version} promoted: {reason}"))
