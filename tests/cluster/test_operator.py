@@ -313,3 +313,23 @@ def test_peering_lets_one_replica_act(cluster, tmp_path):
         high.stop()
         low.stop()
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_monitoring_objects_are_accepted_by_the_api_server(cluster, ns):
+    """The chart's and the kustomize base's PrometheusRule, PodMonitor, ServiceMonitor and
+    dashboard ConfigMap, server-side dry-run against the vendored Prometheus Operator CRDs."""
+    from tests.unit.test_deploy_manifests import helm_template, kustomize_build
+
+    rendered = [*helm_template("monitoring"), *kustomize_build("base")]
+    objects = []
+    for o in rendered:
+        if o["apiVersion"].startswith("monitoring.coreos.com/") or o["metadata"]["name"].endswith("grafana-dashboard"):
+            source = "chart" if "helm.sh/chart" in o["metadata"].get("labels", {}) else "kustomize"
+            objects.append({**o, "metadata": {**o["metadata"], "namespace": ns.name, "name": f"{source}-{o['metadata']['name']}"}})
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "ConfigMap", "PodMonitor", "PodMonitor", "PrometheusRule", "PrometheusRule", "ServiceMonitor"]
+    result = cluster.kubectl(
+        "apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}), check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(objects)

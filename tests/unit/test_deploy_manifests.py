@@ -564,3 +564,293 @@ def test_helm_template(variant: str) -> None:
         for key in ("MENTOR_S3_ENDPOINT", "MENTOR_MLFLOW_TRACKING_URI"):
             assert settings[key].split("://", 1)[1].split(":", 1)[0] in services
         find(objs, "ServiceMonitor")
+
+
+# --- monitoring: alerts, the serving PodMonitor, the Grafana dashboard -----------------------
+
+import json  # noqa: E402
+
+MONITORING = MANIFESTS / "components" / "monitoring"
+DASHBOARD = CHART / "files" / "grafana-dashboard.json"
+METRIC_SOURCES = (OPERATOR / "metrics.py", ROOT / "trainer_image" / "mentor_trainer" / "serve" / "metrics.py")
+MONITORING_API_VERSIONS = ["--api-versions=monitoring.coreos.com/v1/PrometheusRule", "--api-versions=monitoring.coreos.com/v1/PodMonitor"]
+HELM_VARIANTS["monitoring"] = MONITORING_API_VERSIONS
+HELM_VARIANTS["monitoring-off"] = [
+    *MONITORING_API_VERSIONS,
+    "--set=monitoring.prometheusRule.enabled=false",
+    "--set=monitoring.podMonitor.enabled=false",
+    "--set=monitoring.dashboard.enabled=false",
+]
+HELM_VARIANTS["monitoring-thresholds"] = [
+    *MONITORING_API_VERSIONS,
+    "--set=monitoring.prometheusRule.errorRateThreshold=0.01",
+    "--set=monitoring.prometheusRule.latencyP95Seconds=2.5",
+    "--set=monitoring.prometheusRule.labels.release=kps",
+]
+EXPECTED_ALERTS = {
+    "MentorDriftDetected",
+    "MentorCanaryRolledBack",
+    "MentorServingErrorRate",
+    "MentorServingLatencyP95",
+    "MentorPayloadLogsDropped",
+    "MentorReconcileErrors",
+    "MentorResourceFailed",
+    "MentorServingRAGUnavailable",
+}
+METRIC_CONSTRUCTORS = {"Counter": "counter", "CounterMetricFamily": "counter", "Gauge": "gauge", "GaugeMetricFamily": "gauge", "Histogram": "histogram"}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+@functools.cache
+def exported_metric_names() -> frozenset[str]:
+    """Every series name the operator and the serving runtime export, read from their sources
+    (prometheus_client's conventions: a counter gets _total, a histogram _bucket/_sum/_count)."""
+    names: set[str] = set()
+    for path in METRIC_SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+                continue
+            kind = METRIC_CONSTRUCTORS.get(getattr(node.func, "id", getattr(node.func, "attr", None)))
+            name = node.args[0].value
+            if kind is None or not isinstance(name, str) or not name.startswith("mentor_"):
+                continue
+            if kind == "counter":
+                names.add(name.removesuffix("_total") + "_total")
+            elif kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            else:
+                names.add(name)
+    return frozenset(names)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads, after checking that its brackets balance
+    and its strings close. Not a full parser: enough that a renamed metric fails."""
+    stack = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for ch in re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr):
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            assert stack and stack.pop() == pairs[ch], f"unbalanced {ch!r} in {expr!r}"
+        assert ch != "`"
+    assert not stack, f"unclosed {stack} in {expr!r}"
+    assert expr.count('"') % 2 == 0, f"unclosed string in {expr!r}"
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    text = re.sub(r"\{[^{}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\[\]]*\]", "", text)  # ranges
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", "", text)  # label lists
+    text = re.sub(r"\$\w+", "", text)  # Grafana variables
+    names = set()
+    for m in re.finditer(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", text):
+        word, call = m.group(1), m.group(2)
+        if call or word.lower() in PROMQL_WORDS or re.fullmatch(r"\d+[smhdwy]", word):
+            continue
+        names.add(word)
+    assert names, f"no metric in {expr!r}"
+    return names
+
+
+def check_expr(where: str, expr: str) -> None:
+    unknown = promql_metric_names(expr) - exported_metric_names()
+    assert not unknown, f"{where}: {expr!r} reads metrics nothing exports: {sorted(unknown)}"
+
+
+def check_rule(rule: dict[str, Any]) -> None:
+    spec = rule["spec"]
+    alerts = {}
+    for group in spec["groups"]:
+        assert group["name"] and group["rules"]
+        for r in group["rules"]:
+            assert r["alert"] not in alerts, f"duplicate alert {r['alert']}"
+            alerts[r["alert"]] = r
+            check_expr(r["alert"], r["expr"])
+            assert r["labels"]["severity"] in ("critical", "warning", "info"), r["alert"]
+            assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
+            for text in r["annotations"].values():
+                assert text.count("{{") == text.count("}}"), f"{r['alert']}: unbalanced template {text!r}"
+                for var in re.findall(r"\$labels\.(\w+)", text):
+                    # an annotation can only name labels the expression keeps
+                    assert re.search(rf"\b{var}\b", r["expr"]), f"{r['alert']}: $labels.{var} is aggregated away"
+    assert set(alerts) == EXPECTED_ALERTS
+
+
+def test_exported_metric_names_are_found() -> None:
+    names = exported_metric_names()
+    for expected in (
+        "mentor_resources",
+        "mentor_reconciles_total",
+        "mentor_reconcile_duration_seconds_bucket",
+        "mentor_drifted",
+        "mentor_rollouts_total",
+        "mentor_requests_total",
+        "mentor_request_latency_seconds_bucket",
+        "mentor_payload_logs_dropped_total",
+        "mentor_rag_available",
+    ):
+        assert expected in names
+    assert "mentor_requests" not in names  # a counter is exported with _total
+
+
+def test_promql_checker_catches_what_it_should() -> None:
+    assert promql_metric_names('sum by (a, le) (rate(x_bucket{a=~"$m", b!="y(z"}[$__rate_interval])) / on (a) y > 0.5') == {"x_bucket", "y"}
+    for bad in ("sum(rate(x[5m])", "x{a=\"b}", "sum(x])"):
+        with pytest.raises(AssertionError):
+            promql_metric_names(bad)
+    with pytest.raises(AssertionError, match="mentor_no_such_metric"):
+        check_expr("test", "rate(mentor_no_such_metric_total[5m])")
+
+
+def test_kustomize_prometheus_rule() -> None:
+    (rule,) = load_docs(MONITORING / "prometheusrule.yaml")
+    check_rule(rule)
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/production"])
+def test_kustomize_monitoring_objects(overlay: str) -> None:
+    objs = kustomize_build(overlay)
+    check_rule(find(objs, "PrometheusRule"))
+    check_pod_monitor(find(objs, "PodMonitor"))
+    check_dashboard_configmap(find(objs, "ConfigMap", "mentor-grafana-dashboard"))
+
+
+def test_kustomize_dev_drops_prometheus_operator_objects_but_keeps_the_dashboard() -> None:
+    objs = kustomize_build("overlays/dev")
+    assert not [o for o in objs if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    check_dashboard_configmap(find(objs, "ConfigMap", "mentor-grafana-dashboard"))
+
+
+def check_pod_monitor(monitor: dict[str, Any]) -> None:
+    """Selects what the operator labels the InferenceService with (KServe copies an
+    InferenceService's labels onto its predictor pods) on the port the runtime serves on."""
+    from mentor_operator.builders.meta import LABEL_MANAGED_BY, LABEL_NAME, LABEL_STAGE, labels
+
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    selector = spec["selector"]["matchLabels"]
+    assert selector == {LABEL_MANAGED_BY: labels("ModelDeployment", "x")[LABEL_MANAGED_BY], LABEL_STAGE: "serve"}
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == "http1" and endpoint["path"] == "/metrics"
+    (relabel,) = endpoint["relabelings"]
+    assert relabel["sourceLabels"] == ["__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", LABEL_NAME)]
+
+
+def test_pod_monitor_selects_the_inference_service_the_operator_builds() -> None:
+    from mentor_operator.api import KINDS
+    from mentor_operator.builders import plan_serving
+    from mentor_operator.settings import Settings
+
+    (monitor,) = load_docs(MONITORING / "podmonitor.yaml")
+    check_pod_monitor(monitor)
+    spec = {"modelUri": "s3://m/x/", "runtime": "mentor"}
+    body = {
+        "apiVersion": "mentor.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "md", "namespace": "ns", "uid": "0b6e7c1c-0000-4000-8000-000000000000", "generation": 1},
+        "spec": spec,
+    }
+    md = KINDS["ModelDeployment"].spec.model_validate(spec)
+    objects = plan_serving(body, md, {"model_uri": "s3://m/x/"}, Settings(), "s3://m/x/", "s3://m/y/")
+    isvc = find(objects, "InferenceService")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= isvc["metadata"]["labels"].items()
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert [p["name"] for p in container["ports"]] == [monitor["spec"]["podMetricsEndpoints"][0]["port"]]
+    # nothing else the operator makes carries the serve stage label
+    for o in objects:
+        if o is not isvc and o["kind"] in ("Job", "CronJob"):
+            assert o["metadata"]["labels"].get("mentor.dev/stage") != "serve"
+
+
+def check_dashboard_configmap(cm: dict[str, Any]) -> None:
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (key,) = cm["data"]
+    assert key.endswith(".json")
+    check_dashboard(json.loads(cm["data"][key]))
+
+
+def dashboard_panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dash["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def check_dashboard(dash: dict[str, Any]) -> None:
+    assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 30
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert "datasource" in variables
+    ids = [p["id"] for p in dashboard_panels(dash) if "id" in p]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    exprs = []
+    for panel in dashboard_panels(dash):
+        if panel["type"] == "row":
+            continue
+        assert panel["title"] and panel["targets"], panel
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            check_expr(panel["title"], target["expr"])
+            exprs.append(target["expr"])
+        for var in re.findall(r"\$(\w+)", " ".join(t["expr"] for t in panel["targets"])):
+            assert var in variables or var.startswith("__"), f"{panel['title']}: ${var} is not a dashboard variable"
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            check_expr(f"variable {v['name']}", re.fullmatch(r"label_values\((.*), \w+\)", v["definition"]).group(1))
+    # what the dashboard is for: each of these is read by some panel
+    read = set().union(*(promql_metric_names(e) for e in exprs))
+    for metric in (
+        "mentor_requests_total",
+        "mentor_request_errors_total",
+        "mentor_request_latency_seconds_bucket",
+        "mentor_time_to_first_token_seconds_bucket",
+        "mentor_generated_tokens_total",
+        "mentor_tokens_per_second",
+        "mentor_batch_size_bucket",
+        "mentor_payload_logs_dropped_total",
+        "mentor_drift_score",
+        "mentor_rollouts_total",
+        "mentor_resources",
+    ):
+        assert metric in read, f"no panel shows {metric}"
+
+
+def test_dashboard_file() -> None:
+    check_dashboard(json.loads(DASHBOARD.read_text()))
+
+
+def test_helm_template_monitoring() -> None:
+    objs = helm_template("monitoring")
+    check_rendered(objs)
+    rule = find(objs, "PrometheusRule")
+    check_rule(rule)
+    check_pod_monitor(find(objs, "PodMonitor"))
+    dashboard = find(objs, "ConfigMap", "mentor-grafana-dashboard")
+    check_dashboard_configmap(dashboard)
+    assert dashboard["data"]["mentor.json"] == DASHBOARD.read_text().strip()
+    # the chart's rules are the kustomize component's, thresholds from values
+    (kustomize_rule,) = load_docs(MONITORING / "prometheusrule.yaml")
+    assert rule["spec"] == kustomize_rule["spec"], "charts/mentor/templates/prometheusrule.yaml and manifests/components/monitoring/prometheusrule.yaml differ"
+    (kustomize_monitor,) = load_docs(MONITORING / "podmonitor.yaml")
+    assert find(objs, "PodMonitor")["spec"] == kustomize_monitor["spec"]
+
+
+def test_helm_monitoring_needs_the_prometheus_operator_api() -> None:
+    """Without the Prometheus Operator's API (or switched off) no PrometheusRule/PodMonitor is
+    rendered; the dashboard ConfigMap is on by default and can be switched off."""
+    defaults = helm_template("defaults")
+    assert not [o for o in defaults if o["kind"] in ("PrometheusRule", "PodMonitor")]
+    find(defaults, "ConfigMap", "mentor-grafana-dashboard")
+    off = helm_template("monitoring-off")
+    assert not [o for o in off if o["kind"] in ("PrometheusRule", "PodMonitor") or o["metadata"]["name"].endswith("grafana-dashboard")]
+
+
+def test_helm_monitoring_thresholds_come_from_values() -> None:
+    rule = find(helm_template("monitoring-thresholds"), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts["MentorServingErrorRate"]["expr"].endswith("> 0.01")
+    assert alerts["MentorServingLatencyP95"]["expr"].endswith("> 2.5")
+    assert "2.5s" in alerts["MentorServingLatencyP95"]["annotations"]["description"]
+    check_rule(rule)
+    (values,) = load_docs(CHART / "values.yaml")
+    defaults = {r["alert"]: r for g in find(helm_template("monitoring"), "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    assert defaults["MentorServingErrorRate"]["expr"].endswith(f"> {values['monitoring']['prometheusRule']['errorRateThreshold']}")
+    assert defaults["MentorServingLatencyP95"]["expr"].endswith(f"> {values['monitoring']['prometheusRule']['latencyP95Seconds']}")
