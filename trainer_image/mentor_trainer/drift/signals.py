@@ -32,7 +32,7 @@ completion.refusal_share    absolute difference (0..1) of the share of empty or 
                             refusing completions; Fisher exact test
 retrieval.top_score         W1/std (floor 0.02) of the best retrieval score; KS test   0.75
 feedback.rating             W1/std (floor 0.1) of ratings (>= 10 each side); KS test   0.75
-embedding.mmd               unbiased MMD^2 of MiniLM prompt embeddings, RBF kernel     0.05
+embedding.mmd               unbiased MMD^2 of MiniLM prompt embeddings, RBF kernel     0.03
                             with the median heuristic, <= 1000 per side; permutation
                             test
 ==========================  ======================================================  =========
@@ -64,7 +64,7 @@ THRESHOLDS = {
     "completion.refusal_share": 0.1,
     "retrieval.top_score": 0.75,
     "feedback.rating": 0.75,
-    "embedding.mmd": 0.05,
+    "embedding.mmd": 0.03,
 }
 STD_FLOORS = {
     "prompt.length": 1.0,
