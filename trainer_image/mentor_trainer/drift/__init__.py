@@ -2,8 +2,9 @@
 
 Input: the newest ``drift.windowRequests`` records of the payload logs under
 ``config.payload_log_uri`` (:func:`mentor_trainer.serve.payload_log.scan_records`; corrupt files
-and rows are skipped and counted in the result's ``skipped``-free note, ``drift.json`` and the
-log), and a reference: ``drift.referenceUri``, else ``config.reference_uri``, either
+and rows are skipped and counted: a ``payload_log.skipped_files`` signal in the result, which is
+never judged, the lists in ``drift.json``, a warning in the log, and the ``skipped`` reason of a
+check that decided nothing), and a reference: ``drift.referenceUri``, else ``config.reference_uri``, either
 
 - a DomainDataset root: the prompts of its validation split (the last user turn of each
   ``sft`` row's messages, its last assistant turn as the reference completion), falling back
