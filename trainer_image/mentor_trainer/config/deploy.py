@@ -79,7 +79,10 @@ class Drift(Spec):
 
     schedule: str = Field(default="0 * * * *", min_length=9, description="Cron schedule of the check.")
     window_requests: PositiveInt = Field(default=10000, description="Latest logged requests compared.")
-    threshold: Fraction = Field(default=0.5, description="Share of drifted features that counts as drift.")
+    threshold: Fraction = Field(
+        default=0.0,
+        description="Drift when the share of judged signals that drifted exceeds this (0: any one; each signal is already corrected for multiple tests).",
+    )
     min_requests: PositiveInt = Field(default=200, description="Skip the check with fewer logged requests.")
     reference_uri: StorageUri | None = Field(
         default=None, description="Reference data (default: the training dataset's validation split)."
