@@ -55,14 +55,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "trainer_image"), str(ROOT / "tests" / "trainer")]
+sys.path[:0] = [str(ROOT), str(ROOT / "trainer_image")]
 
 PREFIXES = ["", "Quick question: ", "Please tell me: ", "Hi! "]
 SUFFIXES = ["", " Thanks.", " Please be brief."]
 
 
 def pools() -> dict[str, list[str]]:
-    import test_drift as t
+    from tests.trainer import test_drift as t  # the same in-domain and planted-shift prompts as the tests
 
     def vary(questions):
         return [p + q + s for q in questions for p in PREFIXES for s in SUFFIXES]
