@@ -13,8 +13,10 @@ back is not rolled out again until the spec names another model. The annotation
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from mentor_trainer.timestamps import parse_utc
 
 ROLLOUT_ANNOTATION = "mentor.dev/rollout"
 MAX_ROLLOUT_RECORDS = 10
@@ -53,7 +55,7 @@ def manual_decision(annotations: dict[str, str] | None) -> Decision | None:
 
 def analysis_due(canary: dict[str, Any], promote_after_minutes: int, now: datetime) -> bool:
     """Analyses run after every promoteAfterMinutes of canary traffic (a 'wait' defers to the next)."""
-    started = parse_time(canary.get("startTime"))
+    started = parse_utc(canary.get("startTime"))
     if started is None:
         return False
     return now >= started + timedelta(minutes=promote_after_minutes * (canary.get("analyses", 0) + 1))
@@ -63,12 +65,3 @@ def recorded(status: dict[str, Any], version: str, outcome: str, reason: str, ti
     """status.rollouts with one more record, newest last, the oldest dropped beyond the limit."""
     record = {"modelVersion": version, "outcome": outcome, "reason": reason[:1024], "time": time}
     return [*(status.get("rollouts") or []), record][-MAX_ROLLOUT_RECORDS:]
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from mentor_trainer.config import RolloutResult
 from mentor_trainer.config.deploy import DriftResult
+from mentor_trainer.timestamps import parse_utc
 from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
@@ -28,7 +29,7 @@ from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
 from ..kube import Kube
 from ..metrics import DRIFT_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
-from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, parse_time, recorded
+from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, recorded
 from ..settings import Settings
 from ..status import (
     TERMINAL_PHASES,
@@ -313,7 +314,7 @@ def _canary(
         if manual == "promote":
             changes.update(_export_result(ctx, body, exports[version]))
         return _decide(body, version, manual, f"{manual} by the {ROLLOUT_ANNOTATION} annotation", stamp, changes, events)
-    if not analysis_due(canary, spec.canary.promote_after_minutes, parse_time(stamp)):
+    if not analysis_due(canary, spec.canary.promote_after_minutes, parse_utc(stamp)):
         return canary
     analysis = plan_rollout_analysis(body, spec, ctx.settings, stable, version, canary["startTime"], canary["analyses"])
     job = _apply(ctx, analysis.children, analysis.runner)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from ..config.deploy import Canary, RolloutResult
+from ..timestamps import parse_utc
 
 OK_STATUS = "ok"
 MIN_RATINGS = 10  # ratings needed on each side before feedback is compared
@@ -25,15 +25,8 @@ LATENCY_PERCENTILE = 95.0
 
 def parse_time(value: Any) -> float | None:
     """Seconds since the epoch of an RFC 3339 time (naive means UTC), or None if unparseable."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    parsed = parse_utc(value)
+    return parsed.timestamp() if parsed else None
 
 
 def _get(record: Any, name: str, default: Any = None) -> Any:

@@ -58,7 +58,7 @@ from typing import Any
 
 from .. import storage
 from ..config.deploy import PayloadLogging
-from ..timestamps import utc_now
+from ..timestamps import parse_utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -457,13 +457,8 @@ class RecordScan:
 
 
 def _epoch(timestamp: str) -> float | None:
-    try:
-        parsed = datetime.fromisoformat(str(timestamp).strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    parsed = parse_utc(timestamp)
+    return parsed.timestamp() if parsed else None
 
 
 def _part_files(uri: str, folder: str) -> list[storage.ObjectInfo]:
