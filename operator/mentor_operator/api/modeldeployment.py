@@ -34,6 +34,17 @@ class ModelDeploymentSpec(JobSpecBase, ServingOptions):
             message="drift monitoring needs payload logging enabled",
             field_path=".logging.enabled",
         ),
+        CelRule(
+            rule="!self.monitoring.retrain.enabled || (has(self.monitoring.drift) && has(self.evaluationRef))",
+            message="retraining on drift needs monitoring.drift and an evaluationRef (its gates judge the candidate)",
+            field_path=".monitoring.retrain.enabled",
+        ),
+        CelRule(
+            rule="!self.monitoring.retrain.enabled || has(self.monitoring.retrain.trainingRef)"
+            " || (has(self.modelRef) && self.modelRef.kind == 'FineTuneJob')",
+            message="retraining copies a FineTuneJob: set monitoring.retrain.trainingRef, or serve a FineTuneJob's model (modelRef)",
+            field_path=".monitoring.retrain.trainingRef",
+        ),
     )
 
     model_ref: ModelRef | None = Field(default=None, description="Resource whose model is served.")
@@ -47,10 +58,33 @@ class ModelDeploymentSpec(JobSpecBase, ServingOptions):
 
 
 class DriftStatus(DriftResult):
-    """Result of the latest drift check, and the retraining it caused."""
+    """Result of the latest drift check, and what was decided on it."""
 
+    check_name: str | None = Field(default=None, description="The drift check Job whose result this is.")
+    decided_check: str | None = Field(default=None, description="The last drift check a retraining decision was taken on.")
+    decision: str | None = Field(default=None, description="That decision: the retraining started, or why none was.")
     retrain_count: int = Field(default=0, description="Retraining pipelines started on drift.")
     last_retrain_time: str | None = Field(default=None, description="When the last retraining started.")
+
+
+class RetrainingRecord(Spec):
+    """One retraining pipeline a drift check started, and how far it got."""
+
+    name: str = Field(description="Name shared by its DomainDataset, FineTuneJob and Evaluations (label mentor.dev/retraining).")
+    drift_check: str = Field(description="The drift check Job that caused it.")
+    phase: Literal["AwaitingApproval", "Building", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed"] = Field(
+        description="Where the pipeline is."
+    )
+    message: str = Field(default="", description="What it waits for, or how it ended.")
+    approval_stage: Literal["training", "rollout"] | None = Field(
+        default=None, description="Set while the pipeline waits for an approval: the step that waits."
+    )
+    spec_model: str = Field(description="The model the spec named when it started (a new spec model supersedes the retraining).")
+    base_model: str = Field(description="The model it fine-tunes.")
+    dataset: str = Field(description="The DomainDataset it built.")
+    model_version: str | None = Field(default=None, description="The candidate model, once trained.")
+    start_time: str | None = Field(default=None, description="When it started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When it ended (RFC 3339).")
 
 
 class CanaryStatus(Spec):
@@ -80,6 +114,9 @@ class ModelDeploymentStatus(StatusBase, ExportResult):
     canary: CanaryStatus | None = Field(default=None, description="The new version while it receives canary traffic.")
     rollouts: list[RolloutRecord] = Field(default_factory=list, description="Latest rollouts, newest last (at most 10).")
     drift: DriftStatus = Field(default_factory=DriftStatus, description="Drift monitoring.")
+    retrainings: list[RetrainingRecord] = Field(
+        default_factory=list, description="Retraining pipelines started on drift, newest last (at most 20)."
+    )
 
 
 KIND = KindApi(

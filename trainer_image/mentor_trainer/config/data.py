@@ -20,7 +20,9 @@ from .common import (
     exactly_one,
 )
 
-SourceFormat = Literal["auto", "pdf", "html", "markdown", "text", "docx", "qa-jsonl", "qa-csv", "preference-jsonl"]
+SourceFormat = Literal[
+    "auto", "pdf", "html", "markdown", "text", "docx", "qa-jsonl", "qa-csv", "preference-jsonl", "payload-log"
+]
 
 
 class InlineDocument(Spec):
@@ -35,6 +37,16 @@ class Source(Spec):
 
     cel_rules = (
         exactly_one("uri", "inline"),
+        CelRule(
+            rule="self.format == 'payload-log' || (!has(self.since) && !has(self.until) && !has(self.maxRecords))",
+            message="since, until and maxRecords apply to payload-log sources only",
+            field_path=".format",
+        ),
+        CelRule(
+            rule="self.format != 'payload-log' || has(self.uri)",
+            message="a payload-log source reads a deployment's payload log URI",
+            field_path=".uri",
+        ),
     )
 
     name: str = Field(min_length=1, max_length=63, description="Name of the source, used in statistics.")
@@ -47,6 +59,18 @@ class Source(Spec):
     include: list[str] = Field(default_factory=list, description="Glob patterns of object names to read (all if empty).")
     group: Literal["domain", "general", "scenario"] = Field(
         default="domain", description="Mixture group this source belongs to."
+    )
+    # payload-log only: a served model's logged traffic and its feedback become examples
+    since: str | None = Field(
+        default=None, description="payload-log: read requests logged at or after this time (RFC 3339)."
+    )
+    until: str | None = Field(default=None, description="payload-log: read requests logged at or before this time (RFC 3339).")
+    max_records: PositiveInt | None = Field(
+        default=None, description="payload-log: use at most this many requests, the newest first (caps dataset growth)."
+    )
+    min_rating: float = Field(
+        default=0.5, ge=-1, le=1,
+        description="payload-log: a logged answer rated at least this (-1..1) becomes an example; a correction always does.",
     )
 
 

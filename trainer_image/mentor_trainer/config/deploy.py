@@ -90,11 +90,35 @@ class Drift(Spec):
 
 
 class Retrain(Spec):
-    """What happens on drift: new DomainDataset/FineTuneJob/Evaluation objects."""
+    """What happens on drift: a new DomainDataset (the training data plus the drifted traffic),
+    a FineTuneJob, Evaluations against the deployed model, then a rollout (a canary if set)."""
 
-    enabled: bool = Field(default=False, description="Create a retraining pipeline on drift.")
-    cooldown_minutes: PositiveInt = Field(default=1440, description="Minimum time between two retrainings.")
-    max_concurrent: PositiveInt = Field(default=1, le=10, description="Retraining pipelines running at once.")
+    enabled: bool = Field(default=False, description="Start a retraining pipeline when a drift check finds drift.")
+    cooldown_minutes: PositiveInt = Field(default=1440, description="Minimum time between the starts of two retrainings.")
+    max_concurrent: PositiveInt = Field(default=1, le=10, description="Retraining pipelines unfinished at once.")
+    approval: Literal["auto", "manual"] = Field(
+        default="manual",
+        description="manual: the pipeline waits at approveBefore until a user approves (mentor approve, or the mentor.dev/approve annotation).",
+    )
+    approve_before: Literal["training", "rollout"] = Field(
+        default="rollout", description="Where a manual approval is asked for: before the FineTuneJob trains, or before the rollout."
+    )
+    start_from: Literal["deployed", "base"] = Field(
+        default="deployed", description="Fine-tune the deployed model further, or the training template's base model again."
+    )
+    training_ref: str | None = Field(
+        default=None, description="FineTuneJob whose spec the retraining copies (default: modelRef, when it is a FineTuneJob)."
+    )
+    max_traffic_records: PositiveInt = Field(
+        default=2000, le=1_000_000, description="Logged requests one retraining adds at most (the newest of the drifted window)."
+    )
+    traffic_windows: PositiveInt = Field(
+        default=3, le=50, description="Drifted traffic windows a dataset keeps; older ones drop out (bounds dataset growth)."
+    )
+    regression_tolerance: float = Field(
+        default=0.0, ge=0,
+        description="How much worse than the deployed model the candidate may score on the original held-out set, per gated metric.",
+    )
 
 
 class Monitoring(Spec):
@@ -203,6 +227,8 @@ class DriftResult(StageResult):
     score: float | None = Field(default=None, description="Share of signals that drifted in the last check.")
     report_uri: str | None = Field(default=None, description="Evidently report of the last check.")
     requests: int | None = Field(default=None, description="Logged requests compared.")
+    window_start: str | None = Field(default=None, description="Time of the oldest request compared (RFC 3339).")
+    window_end: str | None = Field(default=None, description="Time of the newest request compared (RFC 3339).")
     reference_rows: int | None = Field(default=None, description="Reference rows compared.")
     skipped: str | None = Field(default=None, description="Why the check decided nothing (too few requests, no reference).")
     signals: list[DriftSignal] = Field(default_factory=list, description="Each signal's score, threshold and verdict.")
