@@ -3,7 +3,8 @@
 Formats: plain text, Markdown, HTML (main content through trafilatura), PDF (pdfplumber),
 DOCX (python-docx), question-answer pairs in JSONL, JSON arrays or CSV (``question``/``answer``
 or ``instruction``/``output``, optional ``reasoning`` and ``id``), and preference pairs in JSONL
-(``prompt``/``chosen``/``rejected``, as strings).
+(``prompt``/``chosen``/``rejected``, as strings); a served model's payload log
+(``payload-log``, read whole by :mod:`.traffic`).
 Text encodings are detected per file (UTF-8 with or without BOM, UTF-16 with BOM, and
 whatever charset-normalizer recognises; the GB2312/GBK family is decoded as GB18030, its
 superset).
@@ -29,6 +30,7 @@ from typing import IO, Iterable, Iterator
 
 from .. import storage
 from ..errors import StageError
+from . import traffic
 from .records import PREFERENCE, QA, TEXT, Document, Dropped, PreferenceRecord, QARecord, Unit
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ def iter_source(source) -> Iterator[Unit | Dropped]:
                 format="text",
                 split_key=f"inline:{source.name}/{doc.id}",
             )
+        return
+    if source.format == "payload-log":  # a whole log directory, not one unit per object
+        yield from traffic.iter_traffic(source)
         return
     for info in storage.list_objects(source.uri, include=source.include or None):
         if is_hidden(info.name):

@@ -573,11 +573,14 @@ class DataStage:
         """The split of every split key, per kind of unit."""
         split = self.config.split
         fractions = {"train": split.train, "validation": split.validation, "test": split.test}
-        return {
+        assignment = {
             kind: dict.fromkeys(keys[kind], "train") if kind == TEXT and split.documents_in_train
             else assign_splits(keys[kind], fractions, split.seed)
             for kind in keys
         }
+        # a QA and a preference record under one key (a logged request, see .traffic) share a split
+        assignment[PREFERENCE] = {key: assignment[QA].get(key, s) for key, s in assignment[PREFERENCE].items()}
+        return assignment
 
     def _open_outputs(self, staging: Path) -> None:
         """The parquet writers and where examples wait: held-out ones for the cross-split check,
