@@ -53,6 +53,7 @@ def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> 
         if owner is not None:
             fold_drift_check(ctx, owner, child)
             ctx.folded[child["metadata"]["uid"]] = runner_state(child).phase
+            _reconcile_now(ctx, owner)  # a drift verdict may start a retraining
         return
     owner = _owner(ctx, child)
     if owner is None:
@@ -63,6 +64,16 @@ def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> 
         return
     if fold_runner(ctx, owner, child) == "Succeeded":
         wake_dependents(ctx, ctx.kube.get(owner["kind"], owner["metadata"]["namespace"], owner["metadata"]["name"]), indexes)
+
+
+def _reconcile_now(ctx: Context, owner: dict[str, Any]) -> None:
+    fresh = ctx.kube.get(owner["kind"], owner["metadata"]["namespace"], owner["metadata"]["name"])
+    if fresh is None:
+        return
+    try:
+        reconcile(ctx, fresh)
+    except kopf.TemporaryError:
+        pass  # its own retry comes back
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job-state")

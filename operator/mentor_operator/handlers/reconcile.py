@@ -29,6 +29,7 @@ from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
 from ..kube import Kube
 from ..metrics import DRIFT_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
+from ..retraining import target_model
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, recorded
 from ..settings import Settings
 from ..status import (
@@ -41,6 +42,8 @@ from ..status import (
     runner_state,
     set_condition,
 )
+
+from .retrain import step_retrainings
 
 log = logging.getLogger("mentor.reconcile")
 
@@ -225,13 +228,15 @@ def _reconcile_serving(ctx: Context, body: dict[str, Any], spec: Any, resolution
     version rolls out as a canary and is promoted or rolled back (rollout.py says when)."""
     status = body.get("status") or {}
     stamp = now()
-    versions = choose_versions(status, resolution.values["model_uri"], spec.canary is not None)
+    spec_model = resolution.values["model_uri"]
+    changes, events = step_retrainings(ctx, body, spec, spec_model, out) if spec.monitoring.drift else ({}, [])
+    desired = target_model(changes.get("retrainings", status.get("retrainings") or []), spec_model)
+    versions = choose_versions(status, desired, spec.canary is not None)
     exports = {}
     for version in filter(None, (versions.serve, versions.canary)):
         export = plan_export(body, spec, version, resolution.values, ctx.settings)
         exports[version] = _apply(ctx, export.children, export.runner)
-    changes: dict[str, Any] = {"outputUri": out, "startTime": status.get("startTime") or stamp}
-    events: list[tuple[str, str, str]] = []
+    changes.update(outputUri=out, startTime=status.get("startTime") or stamp)
     stable = status.get("modelVersion")
 
     served = runner_state(exports[versions.serve])
@@ -380,8 +385,8 @@ def fold_drift_check(ctx: Context, body: dict[str, Any], job: dict[str, Any]) ->
         return
     termination = _termination(ctx, job, "Succeeded")
     result = DriftResult.from_wire(parse_result(termination[1]) if termination else {})
-    drift = {**previous, **result.model_dump(mode="json", by_alias=True, exclude_none=True)}
-    for stale in ("drifted", "score", "skipped"):  # a skipped check decides nothing: no stale verdict
+    drift = {**previous, **result.model_dump(mode="json", by_alias=True, exclude_none=True), "checkName": job["metadata"]["name"]}
+    for stale in ("drifted", "score", "skipped", "windowStart", "windowEnd"):  # a skipped check decides nothing: no stale verdict
         if getattr(result, stale) is None:
             drift.pop(stale, None)
     _write_status(ctx, body, {"drift": drift})
