@@ -170,6 +170,34 @@ def test_reference_against_reference_rarely_drifts(embedded):
                 worst[name] = max(worst.get(name, 0.0), s.score)
     print(f"false alarms: {alarms}/20; largest null scores: {worst}")
     assert alarms <= 1  # >= 95% "not drifted"
+    assert worst["domain.classifier_auc"] < 0.8  # judged in every split, and no separable halves
+
+
+def test_domain_classifier_is_calibrated_and_powerful():
+    """Its permutation p-value holds its level on same-distribution samples (a rank test of
+    pooled out-of-fold scores did not), and it finds a small mean shift in many dimensions."""
+    rng = np.random.default_rng(0)
+    nulls = [sig.domain_classifier(rng.normal(size=(30, 20)), rng.normal(size=(40, 20)), seed=i, permutations=99) for i in range(100)]
+    assert sum(s.p_value < 0.05 for s in nulls) <= 12  # 5% expected; binomial(100, 0.05) exceeds 12 with p < 0.001
+    assert all(s.n == (30, 40) for s in nulls)
+    shifted = sig.domain_classifier(rng.normal(0.3, 1, size=(200, 20)), rng.normal(size=(200, 20)))
+    assert shifted.score > 0.7 and shifted.p_value < 0.01
+    assert sig.domain_classifier(np.zeros((3, 4)), np.zeros((30, 4))).score is None  # fewer rows than folds
+
+
+def test_samples_bound_the_costly_signals(embedded, monkeypatch):
+    """Language and embeddings take a seeded sample per side (its n is said); descriptors every row."""
+    import mentor_trainer.drift as drift
+
+    monkeypatch.setattr(drift, "LANGUAGE_SAMPLE", 15)
+    monkeypatch.setattr(drift, "EMBEDDED_SAMPLE", 25)
+    prompts = in_domain()
+    found, _ = compare(Traffic(TOPIC), Traffic(prompts), embed=embedded)
+    n = {s.name: s.n for s in found}
+    assert n["prompt.length"] == n["prompt.non_letter_share"] == (len(TOPIC), len(prompts))
+    assert n["prompt.language"] == (15, 15)
+    assert n["embedding.mmd"] == n["domain.classifier_auc"] == (25, 25)
+    assert all(s.as_dict()["n"] == {"current": s.n[0], "reference": s.n[1]} for s in found if s.n)
 
 
 @pytest.mark.parametrize("shift", ["topic", "language", "length"])
@@ -181,6 +209,7 @@ def test_planted_shift_is_detected(embedded, shift):
     assert drifted is True
     expected = {"topic": "embedding.mmd", "language": "prompt.language", "length": "prompt.length"}[shift]
     assert found[expected].drifted is True
+    assert found["domain.classifier_auc"].drifted is True  # every shift is separable
 
 
 # ---------------------------------------------------------------- end to end: files, main(), CLI
@@ -240,16 +269,19 @@ def test_skipped_without_enough_input(tmp_path):
     empty.mkdir()
     result = main(config(tmp_path, empty, reference))
     assert result.drifted is None and result.skipped.startswith("no logged requests") and result.requests == 0
+    assert result.window_start is None and result.window_end is None
 
     few = tmp_path / "few"
     write_log(few, TOPIC[:5])
     result = main(config(tmp_path, few, reference))
     assert result.drifted is None and "fewer than minRequests 20" in result.skipped and result.requests == 5
+    assert (result.window_start, result.window_end) == ("2026-01-10T12:00:00Z", "2026-01-10T12:04:00Z")
 
     logs = tmp_path / "logs"
     write_log(logs, TOPIC)
     result = main(config(tmp_path, logs, None))
     assert result.drifted is None and "no reference" in result.skipped
+    assert result.window_end == "2026-01-10T12:39:00Z"
     result = main(config(tmp_path, logs, tmp_path / "missing"))
     assert result.drifted is None and "holds no prompts" in result.skipped and result.reference_rows == 0
     (tmp_path / "empty-dataset" / "validation").mkdir(parents=True)
@@ -269,6 +301,8 @@ def test_topic_shift_end_to_end_with_corrupt_files(tmp_path, tiny):
     result = main(cfg)
     assert isinstance(result, DriftResult)
     assert result.drifted is True and result.requests == len(TOPIC) and result.reference_rows == len(in_domain())
+    # the oldest and newest of the 40 requests (minutes 0..39), found across both part files
+    assert (result.window_start, result.window_end) == ("2026-01-10T12:00:00Z", "2026-01-10T12:39:00Z")
     names = {s.name: s for s in result.signals}
     assert names["embedding.mmd"].drifted is True
     assert names["completion.refusal_share"].drifted is True  # every answer refuses, none in the reference
@@ -279,9 +313,13 @@ def test_topic_shift_end_to_end_with_corrupt_files(tmp_path, tiny):
     assert report.name == "report.html" and report.stat().st_size > 10000
     summary = json.loads((report.parent / "drift.json").read_text())
     assert summary["drifted"] is True and len(summary["skipped_log_files"]) == 2
+    assert (summary["window_start"], summary["window_end"]) == (result.window_start, result.window_end)
     assert {s["name"] for s in summary["signals"]} >= {"prompt.length", "prompt.language", "embedding.mmd"}
     for s in summary["signals"]:
         assert set(s) >= {"name", "score", "threshold", "p_value", "drifted"}
+        if s["score"] is not None:
+            assert s["n"]["current"] > 0 and s["n"]["reference"] > 0
+    assert names["domain.classifier_auc"].drifted is True
 
 
 def test_cli_in_domain_against_reference_traffic(tmp_path, monkeypatch):

@@ -20,6 +20,15 @@ Skipped (``drifted`` unset, ``skipped`` says why; never an error): no logs yet, 
 ``drift.minRequests`` logged requests, no reference configured, a reference that is missing
 or holds no prompts.
 
+The result's ``window_start`` and ``window_end`` are the timestamps of the oldest and newest
+request compared (also on a skipped check that read some), so that a retraining can take
+exactly that window.
+
+Cost: the scalar descriptors are computed on every row; language detection and the MiniLM
+embeddings (MMD and the domain classifier) on seeded samples of ``LANGUAGE_SAMPLE`` and
+``EMBEDDED_SAMPLE`` prompts per side, so a check of 100,000 requests against 10,000 reference
+rows embeds 2,000 prompts (``bench/drift_check.py`` measures it).
+
 Output under ``<output_uri>/<check time>/``: ``drift.json`` (every signal with its score,
 threshold, p-value and verdict; what was skipped) and ``report.html`` (Evidently's per-column
 ValueDrift report on the descriptors, for people; it does not decide).
@@ -44,7 +53,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["main", "load_reference", "Traffic", "compare"]
 MAX_REFERENCE = 10000  # reference rows compared at most (a seeded sample)
-MAX_LANGUAGE = 2000  # prompts per side whose language is detected (a seeded sample)
+# per side, seeded samples; langdetect and MiniLM cost ~6 ms a prompt each on a CPU core, and
+# these sizes still detect every planted shift of the benchmark (bench/drift_check.py)
+LANGUAGE_SAMPLE = 500
+EMBEDDED_SAMPLE = 1000
 
 
 class Traffic:
@@ -59,13 +71,18 @@ class Traffic:
     def sample(self, limit: int, seed: int = 0) -> "Traffic":
         if len(self.prompts) <= limit:
             return self
-        keep = np.sort(np.random.default_rng(seed).choice(len(self.prompts), limit, replace=False))
+        keep = sample_indices(len(self.prompts), limit, np.random.default_rng(seed))
         return Traffic(
             [self.prompts[i] for i in keep],
             None if self.completions is None else [self.completions[i] for i in keep],
             self.top_scores,
             self.ratings,
         )
+
+
+def sample_indices(n: int, limit: int, rng) -> np.ndarray:
+    """Sorted indices of a random sample of at most ``limit`` of ``n`` rows (all when n <= limit)."""
+    return np.sort(rng.choice(n, limit, replace=False)) if n > limit else np.arange(n)
 
 
 def _from_records(records, feedback: list[dict]) -> Traffic:
@@ -122,22 +139,16 @@ def _embed(texts: list[str]) -> np.ndarray:
     return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
 
 
-def compare(current: Traffic, reference: Traffic, *, tokenizer=None, seed: int = 0, embed=_embed) -> tuple[list[sig.Signal], dict]:
-    """Every signal of ``current`` against ``reference`` (not yet decided) and the descriptor
-    columns of both sides (for the report)."""
-    out: list[sig.Signal] = []
-    cols = {}
-    for side, traffic in (("current", current), ("reference", reference)):
-        cols[side] = {
-            "length": np.array([len(p) for p in traffic.prompts], float),
-            "non_letter_share": np.array([sig.non_letter_share(p) for p in traffic.prompts]),
-        }
-    out.append(sig.numeric("prompt.length", cols["current"]["length"], cols["reference"]["length"]))
-    out.append(sig.numeric("prompt.non_letter_share", cols["current"]["non_letter_share"], cols["reference"]["non_letter_share"]))
-    langs = {
-        side: sig.languages(t.sample(MAX_LANGUAGE, seed).prompts) for side, t in (("current", current), ("reference", reference))
+def _descriptors(traffic: Traffic) -> dict[str, np.ndarray]:
+    return {
+        "length": np.fromiter((len(p) for p in traffic.prompts), float, len(traffic.prompts)),
+        "non_letter_share": np.fromiter((sig.non_letter_share(p) for p in traffic.prompts), float, len(traffic.prompts)),
     }
-    out.append(sig.categorical("prompt.language", langs["current"], langs["reference"], seed=seed))
+
+
+def _optional_signals(current: Traffic, reference: Traffic, cols: dict, tokenizer) -> list[sig.Signal]:
+    """OOV share, refusals, retrieval scores and ratings, each where both sides have them."""
+    out = []
     if tokenizer is not None:
         for side, traffic in (("current", current), ("reference", reference)):
             cols[side]["oov_share"] = sig.oov_shares(traffic.prompts, tokenizer)
@@ -164,14 +175,36 @@ def compare(current: Traffic, reference: Traffic, *, tokenizer=None, seed: int =
         if current.ratings:
             note += f"; current mean {np.mean(current.ratings):.2f}"
         out.append(sig.Signal("feedback.rating", threshold=sig.THRESHOLDS["feedback.rating"], note=note))
+    return out
+
+
+def _embedding_signals(current: Traffic, reference: Traffic, cols: dict, seed: int, embed) -> list[sig.Signal]:
+    """MMD and the domain classifier on one seeded sample of each side, embedded once."""
     rng = np.random.default_rng(seed)
-    picks = {}
-    for side, traffic in (("current", current), ("reference", reference)):
-        n = len(traffic.prompts)
-        picks[side] = rng.choice(n, sig.MAX_EMBEDDED, replace=False) if n > sig.MAX_EMBEDDED else np.arange(n)
+    picks = {side: sample_indices(len(t.prompts), EMBEDDED_SAMPLE, rng) for side, t in (("current", current), ("reference", reference))}
     vectors = embed([current.prompts[i] for i in picks["current"]] + [reference.prompts[i] for i in picks["reference"]])
     m = len(picks["current"])
-    out.append(sig.mmd(vectors[:m], vectors[m:], seed=seed))
+    # the classifier also sees the scalar descriptors of the same rows (length on a log scale)
+    scalars = {side: np.column_stack([np.log1p(cols[side]["length"][picks[side]]), cols[side]["non_letter_share"][picks[side]]])
+               for side in picks}
+    return [
+        sig.mmd(vectors[:m], vectors[m:], seed=seed),
+        sig.domain_classifier(np.hstack([vectors[:m], scalars["current"]]), np.hstack([vectors[m:], scalars["reference"]]), seed=seed),
+    ]
+
+
+def compare(current: Traffic, reference: Traffic, *, tokenizer=None, seed: int = 0, embed=_embed) -> tuple[list[sig.Signal], dict]:
+    """Every signal of ``current`` against ``reference`` (not yet decided) and the descriptor
+    columns of both sides (for the report)."""
+    cols = {"current": _descriptors(current), "reference": _descriptors(reference)}
+    out = [
+        sig.numeric("prompt.length", cols["current"]["length"], cols["reference"]["length"]),
+        sig.numeric("prompt.non_letter_share", cols["current"]["non_letter_share"], cols["reference"]["non_letter_share"]),
+    ]
+    langs = {side: sig.languages(t.sample(LANGUAGE_SAMPLE, seed).prompts) for side, t in (("current", current), ("reference", reference))}
+    out.append(sig.categorical("prompt.language", langs["current"], langs["reference"], seed=seed))
+    out += _optional_signals(current, reference, cols, tokenizer)
+    out += _embedding_signals(current, reference, cols, seed, embed)
     cols["current"]["language"] = langs["current"]
     cols["reference"]["language"] = langs["reference"]
     return out, cols
@@ -201,9 +234,15 @@ def _report_html(cols: dict, path: Path) -> None:
     snapshot.save_html(str(path))
 
 
-def _skip(config: DriftStageConfig, checked: str, why: str, requests: int | None = None, reference_rows: int | None = None) -> DriftResult:
+def _window(records) -> dict:
+    """The compared window's bounds: the oldest and newest record's timestamp (the records
+    come oldest first)."""
+    return {"window_start": records[0].timestamp, "window_end": records[-1].timestamp} if records else {}
+
+
+def _skip(checked: str, why: str, records=(), reference_rows: int | None = None) -> DriftResult:
     log.info("drift check skipped: %s", why)
-    return DriftResult(last_check_time=checked, skipped=why, requests=requests, reference_rows=reference_rows)
+    return DriftResult(last_check_time=checked, skipped=why, requests=len(records), reference_rows=reference_rows, **_window(records))
 
 
 def main(config: DriftStageConfig) -> DriftResult:
@@ -221,20 +260,19 @@ def main(config: DriftStageConfig) -> DriftResult:
             log.warning("payload logs%s", corrupt)
         records = scan.records
         if not records:
-            return _skip(config, checked, "no logged requests yet" + corrupt, 0)
+            return _skip(checked, "no logged requests yet" + corrupt)
         if len(records) < drift.min_requests:
-            return _skip(config, checked, f"{len(records)} logged requests, fewer than minRequests {drift.min_requests}" + corrupt,
-                         len(records))
+            return _skip(checked, f"{len(records)} logged requests, fewer than minRequests {drift.min_requests}" + corrupt, records)
         reference_uri = drift.reference_uri or config.reference_uri
         if not reference_uri:
-            return _skip(config, checked, "no reference configured (the training dataset or drift.referenceUri)" + corrupt, len(records))
+            return _skip(checked, "no reference configured (the training dataset or drift.referenceUri)" + corrupt, records)
         progress.update(phase="reading the reference", force=True)
         try:
             reference = load_reference(reference_uri)
         except StageError as error:
-            return _skip(config, checked, f"reference {reference_uri} cannot be read: {str(error)[:300]}" + corrupt, len(records))
+            return _skip(checked, f"reference {reference_uri} cannot be read: {str(error)[:300]}" + corrupt, records)
         if not reference.prompts:
-            return _skip(config, checked, f"reference {reference_uri} is missing or holds no prompts" + corrupt, len(records), 0)
+            return _skip(checked, f"reference {reference_uri} is missing or holds no prompts" + corrupt, records, 0)
         reference = reference.sample(MAX_REFERENCE)
         current = _from_records(records, read_feedback(config.payload_log_uri))
         tokenizer = None
@@ -258,6 +296,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             "rule": "a signal drifts when score > threshold and p < alpha / judged signals; "
             "the check drifts when the share of judged signals that drifted > threshold",
             "requests": len(current.prompts),
+            **_window(records),
             "reference_rows": len(reference.prompts),
             "reference_uri": reference_uri,
             "skipped_log_files": scan.skipped_files,
@@ -287,6 +326,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             score=None if score is None else round(score, 4),
             report_uri=report_uri or f"{folder}/drift.json",
             requests=len(current.prompts),
+            **_window(records),
             reference_rows=len(reference.prompts),
             skipped=None if drifted is not None else "no signal could be judged" + corrupt,
             signals=[

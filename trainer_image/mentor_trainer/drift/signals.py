@@ -33,9 +33,18 @@ completion.refusal_share    absolute difference (0..1) of the share of empty or 
 retrieval.top_score         W1/std (floor 0.02) of the best retrieval score; KS test   0.75
 feedback.rating             W1/std (floor 0.1) of ratings (>= 10 each side); KS test   0.75
 embedding.mmd               unbiased MMD^2 of MiniLM prompt embeddings, RBF kernel     0.03
-                            with the median heuristic, <= 1000 per side; permutation
-                            test
+                            with the median heuristic; permutation test
+domain.classifier_auc       cross-validated ROC AUC (0.5: indistinguishable, 1:        0.55
+                            separable) of a ridge linear classifier telling current
+                            from reference rows on the embeddings plus log length
+                            and non-letter share; permutation test
 ==========================  ======================================================  =========
+
+Sample sizes: the scalar descriptors (length, non-letter share, OOV share, refusals, retrieval
+scores, ratings) use every row; language detection and the embeddings (MMD, classifier) a
+seeded random sample per side (``drift/__init__.py``: ``LANGUAGE_SAMPLE``, ``EMBEDDED_SAMPLE``),
+because langdetect and MiniLM cost milliseconds per prompt on a CPU. Each signal says its
+``n`` per side in ``drift.json``.
 
 Out-of-vocabulary share, defined: a prompt's tokens (the served model's tokenizer, without
 special tokens) that are the unknown token, a SentencePiece byte-fallback piece (``<0xNN>``),
@@ -52,8 +61,9 @@ from dataclasses import dataclass
 import numpy as np
 
 ALPHA = 0.05
-MAX_EMBEDDED = 1000  # per side, for MMD
 PERMUTATIONS = 300
+FOLDS = 5  # of the domain classifier's cross-validation
+RIDGE = 1.0  # its L2 penalty per training row, on standardised features
 MIN_RATINGS = 10
 
 THRESHOLDS = {
@@ -65,6 +75,7 @@ THRESHOLDS = {
     "retrieval.top_score": 0.75,
     "feedback.rating": 0.75,
     "embedding.mmd": 0.03,
+    "domain.classifier_auc": 0.55,
 }
 STD_FLOORS = {
     "prompt.length": 1.0,
@@ -89,6 +100,7 @@ class Signal:
     p_value: float | None = None
     drifted: bool | None = None
     note: str | None = None  # why it was not judged, or a figure worth knowing
+    n: tuple[int, int] | None = None  # values compared (current, reference)
 
     def as_dict(self) -> dict:
         return {
@@ -97,6 +109,7 @@ class Signal:
             "threshold": self.threshold,
             "p_value": _round(self.p_value),
             "drifted": self.drifted,
+            **({"n": {"current": self.n[0], "reference": self.n[1]}} if self.n else {}),
             **({"note": self.note} if self.note else {}),
         }
 
@@ -153,7 +166,7 @@ def numeric(name: str, current, reference) -> Signal:
 
     cur, ref = np.asarray(current, float), np.asarray(reference, float)
     cur, ref = cur[np.isfinite(cur)], ref[np.isfinite(ref)]
-    signal = Signal(name, threshold=THRESHOLDS[name])
+    signal = Signal(name, threshold=THRESHOLDS[name], n=(len(cur), len(ref)))
     if len(cur) < 2 or len(ref) < 2:
         signal.note = f"too few values (current {len(cur)}, reference {len(ref)})"
         return signal
@@ -167,7 +180,7 @@ def categorical(name: str, current: list[str], reference: list[str], seed: int =
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import chi2_contingency
 
-    signal = Signal(name, threshold=THRESHOLDS[name])
+    signal = Signal(name, threshold=THRESHOLDS[name], n=(len(current), len(reference)))
     if not current or not reference:
         signal.note = "nothing to compare"
         return signal
@@ -195,7 +208,7 @@ def categorical(name: str, current: list[str], reference: list[str], seed: int =
 def proportion(name: str, current: list[bool], reference: list[bool]) -> Signal:
     from scipy.stats import fisher_exact
 
-    signal = Signal(name, threshold=THRESHOLDS[name])
+    signal = Signal(name, threshold=THRESHOLDS[name], n=(len(current), len(reference)))
     if not current or not reference:
         signal.note = "nothing to compare"
         return signal
@@ -208,16 +221,12 @@ def proportion(name: str, current: list[bool], reference: list[bool]) -> Signal:
 
 def mmd(current: np.ndarray, reference: np.ndarray, seed: int = 0, permutations: int = PERMUTATIONS) -> Signal:
     """Unbiased MMD^2 with an RBF kernel (bandwidth: median pairwise distance of the pooled
-    sample) on at most MAX_EMBEDDED rows per side, and its permutation p-value."""
-    signal = Signal("embedding.mmd", threshold=THRESHOLDS["embedding.mmd"])
+    sample), and its permutation p-value. The kernel is (m+n)^2: callers pass a bounded sample."""
+    signal = Signal("embedding.mmd", threshold=THRESHOLDS["embedding.mmd"], n=(len(current), len(reference)))
     rng = np.random.default_rng(seed)
     if len(current) < 2 or len(reference) < 2:
         signal.note = "too few prompts to embed"
         return signal
-    if len(current) > MAX_EMBEDDED:
-        current = current[rng.choice(len(current), MAX_EMBEDDED, replace=False)]
-    if len(reference) > MAX_EMBEDDED:
-        reference = reference[rng.choice(len(reference), MAX_EMBEDDED, replace=False)]
     pooled = np.concatenate([current, reference]).astype(np.float64)
     sq = np.sum(pooled**2, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * pooled @ pooled.T, 0.0)
@@ -243,6 +252,42 @@ def mmd(current: np.ndarray, reference: np.ndarray, seed: int = 0, permutations:
     exceed = int(np.sum(stats[1:] >= observed - 1e-12))
     signal.score = observed
     signal.p_value = (exceed + 1) / (permutations + 1)
+    return signal
+
+
+def domain_classifier(current: np.ndarray, reference: np.ndarray, seed: int = 0, permutations: int = PERMUTATIONS) -> Signal:
+    """Can a classifier tell the sides apart? A ridge (least-squares) linear classifier on the
+    standardised features, scored out of fold (``FOLDS`` random folds); the score is the ROC AUC
+    of the out-of-fold scores, the p-value a permutation test of it.
+
+    A ridge fit is linear in the labels, so every permutation's out-of-fold scores come from one
+    solve per fold (the permutation test is exact; a rank test of pooled out-of-fold scores is
+    not: the folds' models differ, and it alarmed 3-4x too often at the corrected level)."""
+    from scipy.stats import rankdata
+
+    m, n = len(current), len(reference)
+    signal = Signal("domain.classifier_auc", threshold=THRESHOLDS["domain.classifier_auc"], n=(m, n))
+    if min(m, n) < FOLDS:
+        signal.note = f"fewer than {FOLDS} rows on a side"
+        return signal
+    features = np.concatenate([current, reference]).astype(np.float64)
+    features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-9)
+    rng = np.random.default_rng(seed)
+    observed = np.r_[np.ones(m), np.zeros(n)]
+    labels = np.column_stack([observed] + [rng.permutation(observed) for _ in range(permutations)])
+    fold = rng.permutation(m + n) % FOLDS
+    scores = np.empty_like(labels)
+    for k in range(FOLDS):
+        train, test = fold != k, fold == k
+        centre = features[train].mean(axis=0)
+        centred = features[train] - centre
+        gram = centred.T @ centred + RIDGE * train.sum() * np.eye(features.shape[1])
+        weights = np.linalg.solve(gram, centred.T @ labels[train])  # one column per labelling
+        scores[test] = (features[test] - centre) @ weights + labels[train].mean(axis=0)
+    ranks = rankdata(scores, axis=0)
+    aucs = ((ranks * labels).sum(axis=0) - m * (m + 1) / 2) / (m * n)
+    signal.score = float(aucs[0])
+    signal.p_value = (int(np.sum(aucs[1:] >= aucs[0] - 1e-12)) + 1) / (permutations + 1)
     return signal
 
 
