@@ -10,7 +10,9 @@ import yaml
 
 from mentor_operator.api import KINDS
 from mentor_operator.builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving, version_id
+from mentor_operator.retraining import Drifted, Templates, plan_retraining
 from mentor_operator.settings import Settings
+from mentor_trainer.config.deploy import Retrain
 from tests.bad_resources import CASES, BadCase
 from tests.cluster.conftest import Operator, pod_annotations, resource, wait_for
 
@@ -194,6 +196,61 @@ def test_drift_check_result_reaches_status_with_an_event(operator, ns):
     assert [s["name"] for s in drift["signals"] if s["drifted"]] == ["embedding.mmd"] and drift["retrainCount"] == 0
     event = wait_for(lambda: next((e for e in ns.events("md") if e["reason"] == "DriftDetected"), None), 30, what="the DriftDetected event")
     assert "embedding.mmd" in event["message"]
+
+
+def test_drift_retrains_once_even_when_the_operator_died_mid_creation_then_rolls_the_candidate_out(operator, ns):
+    window = {"windowStart": "2026-11-30T01:00:00Z", "windowEnd": "2026-11-30T02:00:00Z"}
+    # every deployment pod (exports, drift checks) ends with this result
+    result = json.dumps({"quantization": "none", "drifted": True, "score": 0.5, "requests": 500, **window})
+    passed = json.dumps({"passed": True, "metrics": {"qa.f1": 0.7}})
+    md_spec = {"modelRef": {"name": "ft"}, "evaluationRef": {"name": "ev"}, "runtime": "huggingface",
+               "monitoring": {"drift": {"schedule": "0 * * * *"}, "retrain": {"enabled": True, "approval": "auto"}},
+               "scheduling": pod_annotations(run_ms="100", result=result)}
+    ns.apply(
+        dataset("docs"),
+        finetune("ft", "docs", scheduling=pod_annotations(run_ms="100")),
+        resource("Evaluation", "ev", {"modelRef": {"name": "ft"}, "datasetRef": {"name": "docs"},
+                                      "gates": [{"metric": "qa.f1", "op": ">=", "value": 0.5}],
+                                      "scheduling": pod_annotations(run_ms="100", result=passed)}),
+        resource("ModelDeployment", "md", md_spec),
+    )
+    wait_for(lambda: ns.get("inferenceservice", "md"), 90, what="the InferenceService")
+    isvc_ready(ns, "md")
+    deployed = ns.wait_phase("ModelDeployment", "md", "Ready")["modelVersion"]
+
+    # An operator that died while starting a retraining left the drift verdict undecided and
+    # only the first two of the pipeline's resources behind.
+    operator.kill()
+    ns.cp.kubectl("patch", "modeldeployment", "md", "-n", ns.name, "--subresource=status", "--type=merge",
+                  "-p", json.dumps({"status": {"drift": {"drifted": True, "checkName": "md-drift-29390000", **window}}}))
+    templates = Templates(ns.get("finetunejob", "ft"), ns.get("domaindataset", "docs"), ns.get("evaluation", "ev"), "docs")
+    drifted = Drifted("md-drift-29390000", window["windowStart"], window["windowEnd"], "s3://logs/md/")
+    plan = plan_retraining(ns.get("modeldeployment", "md"), Retrain(enabled=True), drifted, templates, deployed, deployed, "2026-11-30T02:00:00Z")
+    ns.apply(*plan.resources[:2])
+    operator.start()
+
+    name = plan.record["name"]
+    md = wait_for(lambda: (s := ns.status("ModelDeployment", "md")).get("retrainings") and s["retrainings"][-1]["phase"] in ("Succeeded", "Failed") and s,
+                  240, what="the retraining to end")
+    (record,) = md["retrainings"]
+    assert record["phase"] == "Succeeded", record
+    assert (record["name"], record["driftCheck"], md["drift"]["retrainCount"]) == (name, "md-drift-29390000", 1)
+    chain = ns.items("mentor", f"mentor.dev/retraining={name}")  # the whole lineage, one of each
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in chain) == sorted(
+        [("DomainDataset", name), ("FineTuneJob", name), ("Evaluation", name), ("Evaluation", f"{name}-regression")])
+    candidate = ns.status("FineTuneJob", name)["modelUri"]
+    assert candidate != deployed and record["modelVersion"] == candidate and md["modelVersion"] == candidate
+    assert md["rollouts"][-1]["modelVersion"] == candidate and md["rollouts"][-1]["outcome"] == "replaced"
+    assert ns.get("finetunejob", name)["spec"]["baseModel"] == deployed
+    assert md["drift"]["decision"] == f"started {name}"
+
+    # the next drift verdict falls in the cooldown: decided once, said why, nothing started
+    ns.cp.kubectl("patch", "modeldeployment", "md", "-n", ns.name, "--subresource=status", "--type=merge",
+                  "-p", json.dumps({"status": {"drift": {"checkName": "md-drift-29390060"}}}))
+    drift = wait_for(lambda: (d := ns.status("ModelDeployment", "md")["drift"]).get("decidedCheck") == "md-drift-29390060" and d, 90,
+                     what="the second decision")
+    assert "cooling down" in drift["decision"] and drift["retrainCount"] == 1
+    assert len(ns.items("finetunejobs", "mentor.dev/deployment=md")) == 1
 
 
 def test_missing_reference_waits_then_proceeds_when_it_appears(operator, ns):

@@ -10,7 +10,8 @@ import kopf
 
 from ..api import KINDS
 from ..builders.meta import LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, LABEL_STAGE, MANAGED_BY
-from ..status import runner_state
+from ..retraining import LABEL_DEPLOYMENT
+from ..status import TERMINAL_PHASES, runner_state
 from .kinds import cached_lookup, plain
 from .reconcile import Context, fold_drift_check, fold_runner, reconcile
 
@@ -62,8 +63,12 @@ def _on_runner(ctx: Context, child: dict[str, Any], indexes: dict[str, Any]) -> 
         # The export Job finishing means the InferenceService can be created now.
         reconcile(ctx, owner)
         return
-    if fold_runner(ctx, owner, child) == "Succeeded":
+    phase = fold_runner(ctx, owner, child)
+    if phase == "Succeeded":
         wake_dependents(ctx, ctx.kube.get(owner["kind"], owner["metadata"]["namespace"], owner["metadata"]["name"]), indexes)
+    deployment = (owner["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT)
+    if deployment and phase in TERMINAL_PHASES:  # a step of a retraining ended: advance it now
+        _reconcile_now(ctx, {"kind": "ModelDeployment", "metadata": {"namespace": owner["metadata"]["namespace"], "name": deployment}})
 
 
 def _reconcile_now(ctx: Context, owner: dict[str, Any]) -> None:

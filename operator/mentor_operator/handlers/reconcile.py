@@ -386,9 +386,9 @@ def fold_drift_check(ctx: Context, body: dict[str, Any], job: dict[str, Any]) ->
     termination = _termination(ctx, job, "Succeeded")
     result = DriftResult.from_wire(parse_result(termination[1]) if termination else {})
     drift = {**previous, **result.model_dump(mode="json", by_alias=True, exclude_none=True), "checkName": job["metadata"]["name"]}
-    for stale in ("drifted", "score", "skipped", "windowStart", "windowEnd"):  # a skipped check decides nothing: no stale verdict
+    for stale in ("drifted", "score", "skipped", "window_start", "window_end"):  # a skipped check decides nothing: no stale verdict
         if getattr(result, stale) is None:
-            drift.pop(stale, None)
+            drift.pop(DriftResult.model_fields[stale].alias or stale, None)
     _write_status(ctx, body, {"drift": drift})
     if result.score is not None:
         DRIFT_SCORE.labels(meta["namespace"], meta["name"]).set(result.score)
