@@ -24,6 +24,13 @@ DRIFTED = Gauge("mentor_drifted", "1 when a deployment's latest drift check foun
 ROLLOUTS = Counter(
     "mentor_rollouts_total", "Model versions rolled out, by outcome (promoted, rolledBack, replaced).", ["namespace", "name", "outcome"]
 )
+RETRAININGS = Counter(
+    "mentor_retrainings_total", "Retraining pipelines started on drift, and how they ended (started, succeeded, failed).",
+    ["namespace", "name", "outcome"],
+)
+AWAITING_APPROVAL = Gauge(
+    "mentor_retrainings_awaiting_approval", "Retraining pipelines of a deployment waiting for a manual approval.", ["namespace", "name"]
+)
 
 
 class PhaseTracker:

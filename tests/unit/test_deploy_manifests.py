@@ -596,6 +596,8 @@ EXPECTED_ALERTS = {
     "MentorReconcileErrors",
     "MentorResourceFailed",
     "MentorServingRAGUnavailable",
+    "MentorRetrainingFailed",
+    "MentorRetrainingAwaitingApproval",
 }
 METRIC_CONSTRUCTORS = {"Counter": "counter", "CounterMetricFamily": "counter", "Gauge": "gauge", "GaugeMetricFamily": "gauge", "Histogram": "histogram"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan"}
@@ -683,6 +685,8 @@ def test_exported_metric_names_are_found() -> None:
         "mentor_reconcile_duration_seconds_bucket",
         "mentor_drifted",
         "mentor_rollouts_total",
+        "mentor_retrainings_total",
+        "mentor_retrainings_awaiting_approval",
         "mentor_requests_total",
         "mentor_request_latency_seconds_bucket",
         "mentor_payload_logs_dropped_total",
@@ -807,6 +811,7 @@ def check_dashboard(dash: dict[str, Any]) -> None:
         "mentor_payload_logs_dropped_total",
         "mentor_drift_score",
         "mentor_rollouts_total",
+        "mentor_retrainings_total",
         "mentor_resources",
     ):
         assert metric in read, f"no panel shows {metric}"

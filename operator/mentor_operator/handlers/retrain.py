@@ -8,6 +8,7 @@ from typing import Any
 from mentor_trainer.timestamps import parse_utc
 
 from ..builders.serving import payload_log_uri
+from ..metrics import AWAITING_APPROVAL, RETRAININGS
 from ..retraining import (
     ACTIVE_PHASES,
     APPROVE_ANNOTATION,
@@ -47,6 +48,9 @@ def step_retrainings(ctx: Any, body: dict[str, Any], spec: Any, spec_model: str,
             if moved["phase"] != record["phase"]:
                 kind = "Warning" if moved["phase"] == "Failed" else "Normal"
                 events.append((kind, f"Retraining{moved['phase']}", f"{moved['name']}: {moved['message']}"))
+                if moved["phase"] in ("Succeeded", "Failed"):
+                    RETRAININGS.labels(*_key(body), moved["phase"].lower()).inc()
+    AWAITING_APPROVAL.labels(*_key(body)).set(sum(r.get("phase") == "AwaitingApproval" for r in records))
     if records != (status.get("retrainings") or []):
         changes["retrainings"] = records
     return changes, events
@@ -72,6 +76,7 @@ def _decide(
     for resource in plan.resources:  # create-if-absent: a second pass after a crash adds what is missing
         ctx.kube.create(resource)
     events.append(("Normal", "RetrainingStarted", f"drift check {drift['checkName']} started {plan.record['name']}"))
+    RETRAININGS.labels(*_key(body), "started").inc()
     decided.update(
         decision=f"started {plan.record['name']}",
         retrainCount=int(drift.get("retrainCount") or 0) + 1,
@@ -117,6 +122,10 @@ def _take_approval(ctx: Any, body: dict[str, Any], records: list[dict[str, Any]]
     if record.get("approvalStage") == "training":
         ctx.kube.patch("FineTuneJob", meta["namespace"], name, {"spec": {"suspend": False}}, body["apiVersion"])
     return name
+
+
+def _key(body: dict[str, Any]) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
 
 
 def _observe(ctx: Any, body: dict[str, Any], record: dict[str, Any]) -> Observed:
