@@ -240,7 +240,7 @@ def advance(
     if refused:
         gates = "; ".join(g for e in refused for g in (e.get("status") or {}).get("failedGates") or []) or "no verdict"
         return _ended(record, "Failed", f"the candidate did not pass: {gates}")
-    if policy.approval == "manual" and not approved:
+    if policy.approval == "manual" and policy.approve_before == "rollout" and not approved:
         return _waiting(record, "rollout", f"passed; approve to roll {candidate} out")
     return _rollout({**record, "phase": "RollingOut", "approvalStage": None}, status)
 

@@ -253,6 +253,38 @@ def test_drift_retrains_once_even_when_the_operator_died_mid_creation_then_rolls
     assert len(ns.items("finetunejobs", "mentor.dev/deployment=md")) == 1
 
 
+def test_a_manual_retraining_waits_for_approval_before_training(operator, ns):
+    result = json.dumps({"quantization": "none", "drifted": True, "score": 0.4, "requests": 300,
+                         "signals": [{"name": "prompt.language", "score": 0.4, "threshold": 0.1, "drifted": True}]})
+    retrain = {"enabled": True, "approval": "manual", "approveBefore": "training", "maxTrafficRecords": 100}
+    ns.apply(
+        dataset("docs"),
+        finetune("ft", "docs", scheduling=pod_annotations(run_ms="100")),
+        resource("Evaluation", "ev", {"modelRef": {"name": "ft"}, "datasetRef": {"name": "docs"},
+                                      "scheduling": pod_annotations(run_ms="100", result=json.dumps({"passed": True}))}),
+        resource("ModelDeployment", "md", {"modelRef": {"name": "ft"}, "evaluationRef": {"name": "ev"}, "runtime": "huggingface",
+                                           "monitoring": {"drift": {"schedule": "0 * * * *"}, "retrain": retrain},
+                                           "scheduling": pod_annotations(run_ms="100", result=result)}),
+    )
+    wait_for(lambda: ns.get("inferenceservice", "md"), 90, what="the InferenceService")
+    isvc_ready(ns, "md")
+    ns.wait_phase("ModelDeployment", "md", "Ready")
+    ns.cp.kubectl("create", "job", "check-1", "--from=cronjob/md-drift", "-n", ns.name)  # what the schedule would do
+    md = wait_for(lambda: (s := ns.status("ModelDeployment", "md")).get("retrainings") and s["retrainings"][-1]["phase"] == "AwaitingApproval" and s,
+                  90, what="the retraining to wait for approval")
+    name = md["retrainings"][-1]["name"]
+    assert md["drift"]["checkName"] == "check-1" and md["retrainings"][-1]["approvalStage"] == "training"
+    assert ns.get("finetunejob", name)["spec"]["suspend"] is True and ns.items("jobs", f"mentor.dev/name={name},mentor.dev/stage=sft") == []
+    assert ns.get("domaindataset", name)["spec"]["sources"][-1]["maxRecords"] == 100
+
+    ns.cp.kubectl("annotate", "modeldeployment", "md", "-n", ns.name, "mentor.dev/approve=latest")
+    md = wait_for(lambda: (s := ns.status("ModelDeployment", "md"))["retrainings"][-1]["phase"] in ("Succeeded", "Failed") and s,
+                  180, what="the approved retraining to end")
+    assert md["retrainings"][-1]["phase"] == "Succeeded", md["retrainings"]
+    assert ns.get("finetunejob", name)["spec"]["suspend"] is False
+    assert "mentor.dev/approve" not in (ns.get("modeldeployment", "md")["metadata"].get("annotations") or {})
+
+
 def test_missing_reference_waits_then_proceeds_when_it_appears(operator, ns):
     ns.apply(finetune("ft", "later", scheduling=pod_annotations(run_ms="200")))
     status = ns.wait_phase("FineTuneJob", "ft", "Waiting")

@@ -157,6 +157,8 @@ def test_manual_approval_holds_the_rollout_and_the_rollout_ends_the_retraining()
     assert waiting["phase"] == "AwaitingApproval" and waiting["approvalStage"] == "rollout" and "mentor approve" in waiting["message"]
     assert approval_for({"mentor.dev/approve": "rt"}, [waiting]) == "rt" == approval_for({"mentor.dev/approve": "latest"}, [waiting])
     assert approval_for({"mentor.dev/approve": "other"}, [waiting]) is None
+    approved_to_train = Retrain(enabled=True, approval="manual", approve_before="training")
+    assert advance(RECORD, _observed(), {}, approved_to_train, DEPLOYED, approved=False)["phase"] == "RollingOut"  # asked once
     rolling = advance(waiting, _observed(), {}, policy, DEPLOYED, approved=True)
     assert rolling["phase"] == "RollingOut" and target_model([rolling], DEPLOYED) == "s3://new/model/"
     promoted = {"rollouts": [{"modelVersion": "s3://new/model/", "outcome": "promoted", "reason": "better", "time": "t"}]}
