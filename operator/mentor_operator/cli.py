@@ -1,4 +1,5 @@
-"""`mentor`: run the operator, validate resource files, or run a pipeline locally."""
+"""`mentor`: run the operator, validate resource files, run a pipeline or its drift -> retrain
+loop locally, send traffic to a served model, or approve a retraining."""
 
 from __future__ import annotations
 
@@ -61,28 +62,42 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .local import LocalExecutor, StepResult
+def _ordered(files: list[str]) -> list | None:
+    """The valid resources of `files` in dependency order (None: the problems were printed)."""
     from .resources import load, order, validate_all
 
-    documents, problems = load(args.file)
+    documents, problems = load(files)
     problems += validate_all(documents)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        return 1
+        return None
     if not documents:
         print("no mentor.dev resources found", file=sys.stderr)
+        return None
+    return order(documents)
+
+
+def _report(step) -> None:
+    line = f"<== {step.kind}/{step.name}: {step.phase} in {step.seconds:.1f}s"
+    print(line + (f": {step.message}" if step.message else ""))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .local import LocalExecutor
+
+    ordered = _ordered(args.file)
+    if ordered is None:
         return 1
-    ordered = order(documents)
     print(f"running {len(ordered)} resource(s) under {args.root}: " + " -> ".join(d.label for d in ordered))
-
-    def report(step: StepResult) -> None:
-        line = f"<== {step.kind}/{step.name}: {step.phase} in {step.seconds:.1f}s"
-        print(line + (f": {step.message}" if step.message else ""))
-
     executor = LocalExecutor(Path(args.root), serve_seconds=args.serve_seconds, serve_port=args.port, example_question=args.ask)
-    results = executor.run(ordered, on_step=report)
+    results = executor.run(ordered, on_step=_report)
+    _summary(results)
+    return 0 if all(step.phase == "Succeeded" for step in results) else 1
+
+
+def _summary(results: list) -> None:
+    """The table of steps, then each Evaluation's metrics and a few answers."""
     print(f"\n{'KIND':<16} {'NAME':<28} {'PHASE':<10} {'SECONDS':>8}  OUTPUT")
     for step in results:
         # an Evaluation's status names the model it evaluated; its own output is the report
@@ -93,7 +108,79 @@ def _run(args: argparse.Namespace) -> int:
         if step.kind == "Evaluation" and step.status.get("metrics"):
             print(evaluation_table(step.name, step.status))
             print(sample_answers(step.status, SAMPLE_ANSWERS))
-    return 0 if all(step.phase == "Succeeded" for step in results) else 1
+
+
+def _loop(args: argparse.Namespace) -> int:
+    from .local import LocalExecutor
+    from .loop import TRAFFIC_FILES, Loop, loop_deployment
+
+    ordered = _ordered(args.file)
+    if ordered is None:
+        return 1
+    deployment = loop_deployment(ordered)
+    traffic_dir = Path(args.traffic_dir)
+    if not any((traffic_dir / name).is_file() for name in TRAFFIC_FILES):
+        deployment = f"{traffic_dir} holds none of {', '.join(TRAFFIC_FILES)}"
+    if isinstance(deployment, str):
+        print(deployment, file=sys.stderr)
+        return 1
+    print(f"looping {deployment.label} under {args.root}: " + " -> ".join(d.label for d in ordered)
+          + f" -> traffic from {traffic_dir} -> drift check -> retraining on drift")
+    executor = LocalExecutor(Path(args.root), serve_port=args.port, example_question=args.ask, keep_serving=True)
+    loop = Loop(executor, deployment, traffic_dir, approve=args.approve, concurrency=args.concurrency, on_step=_report)
+    ok = loop.run(ordered)
+    print(f"\n{'STEP':<30} {'NAME':<36} {'PHASE':<10} {'SECONDS':>8}")
+    for step in loop.steps:
+        print(f"{step.kind:<30} {step.name:<36} {step.phase:<10} {step.seconds:>8.1f}")
+    for step in loop.steps:
+        if step.kind == "Evaluation" and step.status.get("metrics"):
+            print(evaluation_table(step.name, step.status))
+    return 0 if ok else 1
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    from .traffic import load_prompts, send_traffic
+
+    try:
+        prompts = load_prompts(Path(args.file))
+    except (OSError, ValueError) as error:
+        print(f"mentor traffic: {error}", file=sys.stderr)
+        return 1
+    report = send_traffic(args.url, prompts, count=args.count, concurrency=args.concurrency, max_tokens=args.max_tokens)
+    print(report)
+    return 0 if report.failed == 0 else 1
+
+
+def _approve(args: argparse.Namespace) -> int:
+    """Annotate the ModelDeployment; the operator consumes the annotation (handlers/retrain.py)."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+
+    from .api import API_VERSION
+    from .kube import Kube, load_config
+    from .retraining import APPROVE_ANNOTATION
+
+    value = args.retraining or "latest"
+    target = f"ModelDeployment {args.namespace}/{args.deployment}"
+    try:
+        kube = Kube(load_config(args.kubeconfig))
+        patched = kube.patch("ModelDeployment", args.namespace, args.deployment,
+                             {"metadata": {"annotations": {APPROVE_ANNOTATION: value}}}, API_VERSION)
+    except ConfigException as error:
+        print(f"mentor approve: no cluster configuration: {error}", file=sys.stderr)
+        return 1
+    except ApiException as error:
+        print(f"mentor approve: {target}: the API server answered {error.status} {error.reason}", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - connection errors (urllib3's) become one line
+        print(f"mentor approve: cannot reach the cluster: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    if patched is None:
+        print(f"mentor approve: {target} not found", file=sys.stderr)
+        return 1
+    print(f"annotated {target} with {APPROVE_ANNOTATION}={value}: the operator approves "
+          + (f"retraining {value}" if args.retraining else "its newest retraining awaiting approval"))
+    return 0
 
 
 SAMPLE_ANSWERS = 3
@@ -163,6 +250,32 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8080, help="Local port of a served ModelDeployment (gRPC: port + 1).")
     run.add_argument("--ask", default="What can you tell me about this domain?", help="The example question a served ModelDeployment answers.")
     run.set_defaults(func=_run)
+
+    loop = sub.add_parser("loop", help="Run a pipeline, serve it, send it traffic, check drift and retrain on drift, locally.")
+    loop.add_argument("-f", "--file", action="append", required=True, help="File or directory (repeatable).")
+    loop.add_argument("--root", default=".mentor/loop", help="Local artifact root (default: ./.mentor/loop).")
+    loop.add_argument("--port", type=int, default=8080, help="Local port of the served ModelDeployment (gRPC: port + 1).")
+    loop.add_argument("--traffic-dir", default="examples/quickstart/traffic",
+                      help="Folder of in-domain.jsonl and shifted.jsonl, sent in that order (default: examples/quickstart/traffic).")
+    loop.add_argument("--concurrency", type=int, default=4, help="Requests in flight while sending traffic.")
+    loop.add_argument("--approve", action="store_true", help="Approve the retraining when spec.monitoring.retrain.approval is manual.")
+    loop.add_argument("--ask", default="What can you tell me about this domain?", help="The example question the served model answers first.")
+    loop.set_defaults(func=_loop)
+
+    traffic = sub.add_parser("traffic", help="Send prompts (and users' feedback) to a served model's OpenAI API.")
+    traffic.add_argument("--url", required=True, help="The server, e.g. http://127.0.0.1:8080.")
+    traffic.add_argument("--file", required=True, help='JSON lines: {"prompt", "correction" (optional), "rating" (optional, -1..1)}.')
+    traffic.add_argument("--count", type=int, default=None, help="Requests to send (default: each prompt once; more cycle).")
+    traffic.add_argument("--concurrency", type=int, default=4, help="Requests in flight.")
+    traffic.add_argument("--max-tokens", type=int, default=None, help="max_tokens of each request (default: the server's).")
+    traffic.set_defaults(func=_traffic)
+
+    approve = sub.add_parser("approve", help="Approve a ModelDeployment's retraining awaiting approval (on the cluster).")
+    approve.add_argument("deployment", help="The ModelDeployment's name.")
+    approve.add_argument("--retraining", default=None, help="The retraining to approve (default: the newest awaiting approval).")
+    approve.add_argument("-n", "--namespace", default="default", help="Namespace (default: default).")
+    approve.add_argument("--kubeconfig", default=None, help="Kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config).")
+    approve.set_defaults(func=_approve)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -41,7 +41,7 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-def _example_call(url: str, request: dict[str, Any]) -> str:
+def example_call(url: str, request: dict[str, Any]) -> str:
     """One chat request to the served model: its answer and what it retrieved, for the console."""
     call = urllib.request.Request(
         f"{url}/v1/chat/completions", data=json.dumps(request).encode(), headers={"Content-Type": "application/json"}
@@ -54,6 +54,23 @@ def _example_call(url: str, request: dict[str, Any]) -> str:
     text = " ".join(answer["choices"][0]["message"]["content"].split())
     retrieved = ", ".join(r["id"].rsplit("/", 1)[-1] for r in (answer.get("mentor") or {}).get("retrieved") or [])
     return f"Q: {request['messages'][0]['content']}\n      A: {text[:300]}" + (f"\n      retrieved: {retrieved}" if retrieved else "")
+
+
+@dataclass
+class Server:
+    """A mentor runtime serving on localhost."""
+
+    process: subprocess.Popen
+    url: str
+
+    def stop(self) -> None:
+        """Gracefully: the server flushes its payload logs on SIGTERM."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 def read_progress(path: Path) -> dict[str, Any]:
@@ -96,6 +113,7 @@ class LocalExecutor:
         serve_seconds: float | None = 0,
         serve_port: int = 8080,
         example_question: str = "What can you tell me about this domain?",
+        keep_serving: bool = False,
     ):
         self.root = root.resolve()
         self.out = out or sys.stdout
@@ -105,6 +123,10 @@ class LocalExecutor:
         self.serve_seconds = serve_seconds
         self.serve_port = serve_port
         self.example_question = example_question
+        # keep_serving: a served ModelDeployment stays up after its example (in self.servers,
+        # by name) until the caller stops it, instead of serving for serve_seconds
+        self.keep_serving = keep_serving
+        self.servers: dict[str, Server] = {}
         self.settings = Settings(
             artifact_root=(self.root / "artifacts").as_uri(),
             mlflow_tracking_uri=f"sqlite:///{self.root / 'mlflow.db'}",
@@ -119,7 +141,7 @@ class LocalExecutor:
         (self.root / "configs").mkdir(parents=True, exist_ok=True)
         results = []
         for doc in documents:
-            result = self._run_one(doc)
+            result = self.run_one(doc)
             results.append(result)
             if on_step:
                 on_step(result)
@@ -135,7 +157,9 @@ class LocalExecutor:
             "status": {},
         }
 
-    def _run_one(self, doc: Document) -> StepResult:
+    def run_one(self, doc: Document, model_version: str | None = None) -> StepResult:
+        """Run one resource whose inputs have run; a ModelDeployment serves `model_version`
+        instead of the model its spec resolves to when given (a retraining's candidate)."""
         body = self._body(doc)
         self.bodies[(doc.kind, doc.name)] = body
         api = KINDS[doc.kind]
@@ -147,20 +171,21 @@ class LocalExecutor:
         out = output_uri(spec, body, self.settings)
         body["status"].update(phase="Running", startTime=now(), outputUri=out, **resolution.status)
         stage = api.info.stage
+        model = model_version or resolution.values.get("model_uri")
         if api.workload == "serving":
-            config = render_export_config(body, spec, resolution.values["model_uri"], resolution.values, self.settings)
+            config = render_export_config(body, spec, model, resolution.values, self.settings)
         else:
             config = render_stage_config(spec, body, resolution.values, self.settings, stage)
-        ok, message = self._run_stage(doc, stage, config)
+        ok, message = self.run_stage(doc, stage, config)
         if not ok:
             return self._finish(body, "Failed", message, started)
         status = result_status(api, parse_result(message), out, body["status"].get("conditions"), body["metadata"].get("generation"))
         body["status"].update(status)
         if api.workload == "serving":
-            body["status"]["modelVersion"] = resolution.values["model_uri"]
+            body["status"]["modelVersion"] = model
             if spec.runtime != "mentor":
                 return self._finish(body, "Succeeded", f"exported for the {spec.runtime} runtime; only the mentor runtime serves locally", started)
-            serve_config = render_serve_config(body, spec, resolution.values["model_uri"], resolution.values, self.settings)
+            serve_config = render_serve_config(body, spec, model, resolution.values, self.settings)
             ok, message = self._serve(doc, body, serve_config.model_copy(update={"http_port": self.serve_port, "grpc_port": self.serve_port + 1}))
             if not ok:
                 return self._finish(body, "Failed", message, started)
@@ -168,7 +193,8 @@ class LocalExecutor:
 
     def _serve(self, doc: Document, body: dict[str, Any], config: Any) -> tuple[bool, str]:
         """Start the mentor runtime on localhost, say how to call it, keep it up for
-        serve_seconds (None: until Ctrl-C), then stop it gracefully."""
+        serve_seconds (None: until Ctrl-C), then stop it gracefully (or leave it up:
+        keep_serving)."""
         config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-serve.json"
         config_path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
         url = f"http://127.0.0.1:{config.http_port}"
@@ -176,6 +202,7 @@ class LocalExecutor:
         self.out.flush()
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.mlflow_tracking_uri}
         process = subprocess.Popen([self.python, "-m", "mentor_trainer.cli", "serve", "--config", str(config_path)], env=env)
+        server, kept = Server(process, url), False
         try:
             if not _wait_ready(f"{url}/v2/health/ready", process, READY_TIMEOUT_SECONDS):
                 return False, f"the server did not become ready within {READY_TIMEOUT_SECONDS}s (exit code {process.poll()})"
@@ -185,23 +212,24 @@ class LocalExecutor:
                 f"    [{doc.name}] serving at {url} (OpenAI: {url}/v1, Open Inference Protocol v2: {url}/v2)\n"
                 f"    [{doc.name}] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(request)}'\n"
             )
-            self.out.write(f"    [{doc.name}] {_example_call(url, request)}\n")
+            self.out.write(f"    [{doc.name}] {example_call(url, request)}\n")
             self.out.flush()
+            if self.keep_serving:
+                self.servers[doc.name], kept = server, True
+                return True, ""
             process.wait(timeout=self.serve_seconds)
         except subprocess.TimeoutExpired:
             pass  # served as long as asked
         except KeyboardInterrupt:
             self.out.write(f"    [{doc.name}] stopping\n")
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            if not kept:
+                server.stop()
         return True, ""
 
-    def _run_stage(self, doc: Document, stage: str, config: Any) -> tuple[bool, str]:
+    def run_stage(self, doc: Document, stage: str, config: Any) -> tuple[bool, str]:
+        """Run one stage of `doc` as a process, its output prefixed with the name; (ok, the
+        result JSON or the failure)."""
         config_path = self.root / "configs" / f"{doc.kind.lower()}-{doc.name}-{stage}.json"
         progress = config_path.with_suffix(".progress.json")
         progress.unlink(missing_ok=True)

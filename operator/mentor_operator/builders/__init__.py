@@ -93,6 +93,20 @@ def plan_export(body: dict[str, Any], spec: Any, model_version: str, resolved: d
     return Plan([config_map, job], job)
 
 
+def render_drift_config(body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings, stable: str) -> StageRuntime:
+    """The drift check's config (also what `mentor loop` checks with): the deployment's logged
+    traffic against its reference, the served version's tokenizer."""
+    out = output_uri(spec, body, settings)
+    inputs = {
+        "drift": spec.monitoring.drift,
+        "payload_log_uri": payload_log_uri(spec, out) or f"{out.rstrip('/')}/payloads/",
+        # the training dataset's validation prompts, unless the spec names a reference
+        "reference_uri": spec.monitoring.drift.reference_uri or resolved.get("dataset_uri"),
+        "tokenizer_uri": f"{export_uri(out, stable)}model/",
+    }
+    return render_stage_config(spec, body, inputs, settings, "drift")
+
+
 def plan_serving(
     body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings, stable: str, canary: str | None = None
 ) -> list[dict[str, Any]]:
@@ -110,21 +124,7 @@ def plan_serving(
         served.append((config, config_map["metadata"]["name"]))
     children.append(build_inference_service(body, spec, settings, served[0], served[1] if len(served) > 1 else None))
     if spec.monitoring.drift:
-        out = output_uri(spec, body, settings)
-        log_uri = payload_log_uri(spec, out) or f"{out.rstrip('/')}/payloads/"
-        drift_config = render_stage_config(
-            spec,
-            body,
-            {
-                "drift": spec.monitoring.drift,
-                "payload_log_uri": log_uri,
-                # the training dataset's validation prompts, unless the spec names a reference
-                "reference_uri": spec.monitoring.drift.reference_uri or resolved.get("dataset_uri"),
-                "tokenizer_uri": f"{export_uri(out, stable)}model/",
-            },
-            settings,
-            "drift",
-        )
+        drift_config = render_drift_config(body, spec, resolved, settings, stable)
         drift_cm = build_config_map(body, drift_config, "drift")
         children += [drift_cm, build_drift_cron_job(body, spec, settings, drift_config, drift_cm["metadata"]["name"])]
     return children
@@ -157,6 +157,7 @@ __all__ = [
     "plan_job_children",
     "plan_rollout_analysis",
     "plan_serving",
+    "render_drift_config",
     "render_export_config",
     "render_serve_config",
     "version_id",
