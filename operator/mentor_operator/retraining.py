@@ -53,10 +53,12 @@ def regression_name(retraining: str) -> str:
     return f"{retraining}-regression"
 
 
-def start_refusal(records: list[dict[str, Any]], policy: Retrain, now: datetime) -> str | None:
+def start_refusal(records: list[dict[str, Any]], policy: Retrain, now: datetime, drift: dict[str, Any]) -> str | None:
     """Why a confirmed drift starts no retraining now (None: start one)."""
     if not policy.enabled:
         return "retraining is off (spec.monitoring.retrain.enabled)"
+    if drift.get("labelledRequests") == 0:
+        return "the drifted window has no corrections or positive ratings to learn from (send feedback to /v1/feedback)"
     active = [r["name"] for r in records if r.get("phase") in ACTIVE_PHASES]
     if len(active) >= policy.max_concurrent:
         return f"{len(active)} retraining(s) unfinished ({', '.join(active)}; maxConcurrent {policy.max_concurrent})"

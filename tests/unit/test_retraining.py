@@ -107,13 +107,15 @@ def _at(hour: int, minute: int = 0) -> datetime:
 
 def test_cooldown_and_concurrency_refuse_a_start_and_say_why():
     policy = Retrain(enabled=True, cooldown_minutes=60, max_concurrent=1)
-    assert start_refusal([], policy, _at(3)) is None
-    assert "retrain.enabled" in start_refusal([], Retrain(), _at(3))
+    assert start_refusal([], policy, _at(3), {}) is None
+    assert "retrain.enabled" in start_refusal([], Retrain(), _at(3), {})
     running = [{"name": "a", "phase": "Training", "startTime": "2026-11-30T01:00:00Z"}]
-    assert "maxConcurrent 1" in start_refusal(running, policy, _at(3))
+    assert "maxConcurrent 1" in start_refusal(running, policy, _at(3), {})
     done = [{"name": "a", "phase": "Succeeded", "startTime": "2026-11-30T02:30:00Z"}]
-    assert "cooling down until 2026-11-30T03:30:00Z" in start_refusal(done, policy, _at(3))
-    assert start_refusal(done, policy, _at(3, 30)) is None
+    assert "cooling down until 2026-11-30T03:30:00Z" in start_refusal(done, policy, _at(3), {})
+    assert start_refusal(done, policy, _at(3, 30), {}) is None
+    assert "no corrections or positive ratings" in start_refusal([], policy, _at(3), {"labelledRequests": 0})
+    assert start_refusal([], policy, _at(3), {"labelledRequests": 4}) is None
 
 
 def _body(kind: str, name: str, phase: str | None, **status) -> dict:

@@ -63,7 +63,7 @@ def _decide(
     """Start a retraining for the drift check, or say why not; either way decide only once."""
     stamp = now()
     decided = {**drift, "decidedCheck": drift["checkName"]}
-    refusal = start_refusal(records, spec.monitoring.retrain, parse_utc(stamp))
+    refusal = start_refusal(records, spec.monitoring.retrain, parse_utc(stamp), drift)
     templates = None if refusal else _templates(ctx, body, spec, records)
     if isinstance(templates, str):
         refusal, templates = templates, None

@@ -229,6 +229,9 @@ class DriftResult(StageResult):
     requests: int | None = Field(default=None, description="Logged requests compared.")
     window_start: str | None = Field(default=None, description="Time of the oldest request compared (RFC 3339).")
     window_end: str | None = Field(default=None, description="Time of the newest request compared (RFC 3339).")
+    labelled_requests: int | None = Field(
+        default=None, description="Requests of the window with a correction or a positive rating: what a retraining can learn from."
+    )
     reference_rows: int | None = Field(default=None, description="Reference rows compared.")
     skipped: str | None = Field(default=None, description="Why the check decided nothing (too few requests, no reference).")
     signals: list[DriftSignal] = Field(default_factory=list, description="Each signal's score, threshold and verdict.")
