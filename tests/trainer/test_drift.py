@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mentor_trainer.config.deploy import Drift, DriftResult, DriftStageConfig
+from mentor_trainer.config.deploy import DriftResult, DriftStageConfig
 from mentor_trainer.drift import Traffic, compare, main
 from mentor_trainer.drift import signals as sig
 from mentor_trainer.serve.payload_log import PayloadRecord, record_row
@@ -185,6 +185,18 @@ def test_domain_classifier_is_calibrated_and_powerful():
     assert sig.domain_classifier(np.zeros((3, 4)), np.zeros((30, 4))).score is None  # fewer rows than folds
 
 
+def test_non_letter_shares_match_their_definition():
+    texts = ["", "   ", "abc", "a1 b2", "Héllo, wörld! \U0001F600", "\ud800x", "\u00a0\u3000日本語。", "42"]
+
+    def share(text):  # the definition, one character at a time
+        chars = [c for c in text if not c.isspace()]
+        return sum(not c.isalpha() for c in chars) / len(chars) if chars else 0.0
+
+    expected = [share(t) for t in texts]
+    assert np.allclose(sig.non_letter_shares(texts), expected)
+    assert np.allclose(sig.non_letter_shares(texts, chunk=3), expected)  # chunk borders change nothing
+
+
 def test_samples_bound_the_costly_signals(embedded, monkeypatch):
     """Language and embeddings take a seeded sample per side (its n is said); descriptors every row."""
     import mentor_trainer.drift as drift
@@ -288,6 +300,16 @@ def test_skipped_without_enough_input(tmp_path):
     result = main(config(tmp_path, logs, tmp_path / "empty-dataset"))
     assert result.drifted is None and "holds no prompts" in result.skipped
     assert not (tmp_path / "out").exists()  # nothing decided, nothing written
+
+
+def test_window_skips_unreadable_timestamps():
+    from types import SimpleNamespace
+
+    from mentor_trainer.drift import _window
+
+    records = [SimpleNamespace(timestamp=t) for t in ("garbage", "2026-01-10T12:00:00Z", "2026-01-10T12:05:00+00:00", "")]
+    assert _window(records) == {"window_start": "2026-01-10T12:00:00Z", "window_end": "2026-01-10T12:05:00+00:00"}
+    assert _window(records[:1]) == _window([]) == {}
 
 
 def test_topic_shift_end_to_end_with_corrupt_files(tmp_path, tiny):

@@ -55,8 +55,8 @@ __all__ = ["main", "load_reference", "Traffic", "compare"]
 MAX_REFERENCE = 10000  # reference rows compared at most (a seeded sample)
 # per side, seeded samples; langdetect and MiniLM cost ~6 ms a prompt each on a CPU core, and
 # these sizes still detect every planted shift of the benchmark (bench/drift_check.py)
-LANGUAGE_SAMPLE = 500
-EMBEDDED_SAMPLE = 1000
+LANGUAGE_SAMPLE = 300
+EMBEDDED_SAMPLE = 500
 
 
 class Traffic:
@@ -141,8 +141,8 @@ def _embed(texts: list[str]) -> np.ndarray:
 
 def _descriptors(traffic: Traffic) -> dict[str, np.ndarray]:
     return {
-        "length": np.fromiter((len(p) for p in traffic.prompts), float, len(traffic.prompts)),
-        "non_letter_share": np.fromiter((sig.non_letter_share(p) for p in traffic.prompts), float, len(traffic.prompts)),
+        "length": np.fromiter(map(len, traffic.prompts), float, len(traffic.prompts)),
+        "non_letter_share": sig.non_letter_shares(traffic.prompts),
     }
 
 
@@ -235,9 +235,13 @@ def _report_html(cols: dict, path: Path) -> None:
 
 
 def _window(records) -> dict:
-    """The compared window's bounds: the oldest and newest record's timestamp (the records
-    come oldest first)."""
-    return {"window_start": records[0].timestamp, "window_end": records[-1].timestamp} if records else {}
+    """The compared window's bounds: the timestamps of the oldest and newest record (they come
+    oldest first) whose timestamp is RFC 3339; an unreadable one cannot bound a retraining's
+    window (the scan orders such records by their file's write time)."""
+    from ..timestamps import parse_utc
+
+    valid = [r.timestamp for r in records if parse_utc(r.timestamp)]
+    return {"window_start": valid[0], "window_end": valid[-1]} if valid else {}
 
 
 def _skip(checked: str, why: str, records=(), reference_rows: int | None = None) -> DriftResult:
@@ -286,6 +290,7 @@ def main(config: DriftStageConfig) -> DriftResult:
         progress.update(phase="comparing", force=True)
         found, cols = compare(current, reference, tokenizer=tokenizer)
         drifted, score = sig.decide(found, drift.threshold)
+        window = _window(records)
         folder = f"{config.output_uri.rstrip('/')}/drift/{checked.replace(':', '').replace('-', '')}"
         summary = {
             "checked": checked,
@@ -296,7 +301,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             "rule": "a signal drifts when score > threshold and p < alpha / judged signals; "
             "the check drifts when the share of judged signals that drifted > threshold",
             "requests": len(current.prompts),
-            **_window(records),
+            **window,
             "reference_rows": len(reference.prompts),
             "reference_uri": reference_uri,
             "skipped_log_files": scan.skipped_files,
@@ -326,7 +331,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             score=None if score is None else round(score, 4),
             report_uri=report_uri or f"{folder}/drift.json",
             requests=len(current.prompts),
-            **_window(records),
+            **window,
             reference_rows=len(reference.prompts),
             skipped=None if drifted is not None else "no signal could be judged" + corrupt,
             signals=[

@@ -121,9 +121,26 @@ def _round(value: float | None, digits: int = 6) -> float | None:
 # ---------------------------------------------------------------- descriptors
 
 
-def non_letter_share(text: str) -> float:
-    chars = [c for c in text if not c.isspace()]
-    return sum(1 for c in chars if not c.isalpha()) / len(chars) if chars else 0.0
+def non_letter_shares(texts: list[str], chunk: int = 4096) -> np.ndarray:
+    """Per text: the share of its non-whitespace characters that are not letters (0 when it has
+    none). Vectorised over the code points of ``chunk`` texts at a time (memory stays bounded
+    for long prompts); each distinct character is classified once by str.isspace/isalpha."""
+    out = np.zeros(len(texts))
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+        codes = np.frombuffer("".join(part).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        if not len(codes):
+            continue
+        space = np.zeros(int(codes.max()) + 1, bool)
+        letter = np.zeros_like(space)
+        for code in np.flatnonzero(np.bincount(codes)):
+            space[code], letter[code] = chr(code).isspace(), chr(code).isalpha()
+        ends = np.cumsum(np.fromiter(map(len, part), np.int64, len(part)))
+        bounds = np.r_[0, ends]
+        visible = np.diff(np.r_[0, np.cumsum(~space[codes])][bounds])
+        letters = np.diff(np.r_[0, np.cumsum(letter[codes])][bounds])
+        out[start:start + len(part)] = np.divide(visible - letters, visible, out=np.zeros(len(part)), where=visible > 0)
+    return out
 
 
 def is_refusal(completion: str) -> bool:
