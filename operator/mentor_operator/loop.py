@@ -61,8 +61,7 @@ class Loop:
 
     def run(self, documents: list[Document]) -> bool:
         """The whole loop; False when a step failed (a refused candidate is not a failure)."""
-        for step in self.executor.run(documents, on_step=self.on_step):
-            self.steps.append(step)
+        self.steps += self.executor.run(documents, on_step=self.on_step)
         try:
             if any(s.phase != "Succeeded" for s in self.steps):
                 return False
@@ -147,7 +146,7 @@ class Loop:
             return refusal
         if policy.approval == "manual" and not self.approve:
             return "spec.monitoring.retrain.approval is manual: run the loop with --approve to retrain and serve a passing candidate"
-        if spec.evaluation_ref is None or spec.model_ref.kind != "FineTuneJob" and not policy.training_ref:
+        if spec.evaluation_ref is None or (spec.model_ref.kind != "FineTuneJob" and not policy.training_ref):
             return "a retraining copies the deployment's FineTuneJob and Evaluation (modelRef, evaluationRef)"
         return None
 
