@@ -138,10 +138,10 @@ class Loop:
             self.out.write(f"    {signal.name:<28} score {signal.score!s:<10} threshold {signal.threshold!s:<6} {mark}\n")
         return result
 
-    def _refusal(self, spec: Any) -> str | None:
+    def _refusal(self, spec: Any, drift: DriftResult) -> str | None:
         """Why this drift starts no retraining (the cluster's rule, then what a local loop needs)."""
         policy = spec.monitoring.retrain
-        refusal = start_refusal(self.records, policy, parse_utc(now()))
+        refusal = start_refusal(self.records, policy, parse_utc(now()), drift.to_wire())
         if refusal:
             return refusal
         if policy.approval == "manual" and not self.approve:
@@ -164,7 +164,7 @@ class Loop:
     def _retrain(self, drift: DriftResult) -> bool:
         started = time.perf_counter()
         body, spec = self._body, self._spec
-        refusal = self._refusal(spec)
+        refusal = self._refusal(spec, drift)
         if refusal:
             self._step("Retraining", self.deployment.name, "Skipped", refusal, started)
             return True

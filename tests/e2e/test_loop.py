@@ -70,7 +70,7 @@ def test_drift_starts_a_retraining_whose_passing_candidate_is_served(tmp_path, c
     root = tmp_path / "loop"
     code, out = run_loop(pipeline, root, traffic_dir(tmp_path / "traffic", shifted=True), capsys)
     assert code == 0, out[-4000:]
-    assert f"<== Traffic/shifted: Succeeded" in out and f"{SHIFTED} request(s) answered, 0 failed" in out
+    assert "<== Traffic/shifted: Succeeded" in out and f"{SHIFTED} request(s) answered, 0 failed" in out
     assert "<== DriftCheck/quickstart-serve: Succeeded" in out and "drifted over" in out, out[-4000:]
 
     # the four resources plan_retraining makes, run in order; the dataset read the drifted window
