@@ -26,8 +26,9 @@ exactly that window.
 
 Cost: the scalar descriptors are computed on every row; language detection and the MiniLM
 embeddings (MMD and the domain classifier) on seeded samples of ``LANGUAGE_SAMPLE`` and
-``EMBEDDED_SAMPLE`` prompts per side, so a check of 100,000 requests against 10,000 reference
-rows embeds 2,000 prompts (``bench/drift_check.py`` measures it).
+``EMBEDDED_SAMPLE`` prompts per side, so a check embeds at most ``2 * EMBEDDED_SAMPLE``
+prompts whatever the window's size (``bench/drift_check.py`` measures 100,000 requests against
+10,000 reference rows).
 
 Output under ``<output_uri>/<check time>/``: ``drift.json`` (every signal with its score,
 threshold, p-value and verdict; what was skipped) and ``report.html`` (Evidently's per-column
