@@ -61,8 +61,8 @@ class Loop:
 
     def run(self, documents: list[Document]) -> bool:
         """The whole loop; False when a step failed (a refused candidate is not a failure)."""
-        self.steps += self.executor.run(documents, on_step=self.on_step)
         try:
+            self.steps += self.executor.run(documents, on_step=self.on_step)
             if any(s.phase != "Succeeded" for s in self.steps):
                 return False
             if not self._send_traffic():
@@ -81,7 +81,9 @@ class Loop:
     # ---- steps
 
     def _step(self, kind: str, name: str, phase: str, message: str, started: float) -> StepResult:
-        step = StepResult(kind, name, phase, message, time.perf_counter() - started)
+        return self._record(StepResult(kind, name, phase, message, time.perf_counter() - started))
+
+    def _record(self, step: StepResult) -> StepResult:
         self.steps.append(step)
         if self.on_step:
             self.on_step(step)
@@ -213,11 +215,7 @@ class Loop:
         question = self._shifted_question()
         old_answer = example_call(self._url, question)
         self.executor.servers.pop(self.deployment.name).stop()
-        step = self.executor.run_one(self.deployment, model_version=candidate)
-        self.steps.append(step)
-        if self.on_step:
-            self.on_step(step)
-        if step.phase != "Succeeded":
+        if self._record(self.executor.run_one(self.deployment, model_version=candidate)).phase != "Succeeded":
             return False
         new_answer = example_call(self._url, question)
         status = {"rollouts": recorded({}, candidate, "replaced", f"replaced {served} (mentor loop)", now())}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mentor_operator.cli import main
@@ -15,6 +16,9 @@ from .test_local_run import ROOT, free_port, quickstart_copy
 
 TRAFFIC = ROOT / "examples/quickstart/traffic"
 SHIFTED = 12  # requests of the drifted window: enough for minRequests, few for a CPU
+# a loop that retrains runs the quickstart's stages twice: ~5 minutes on 2 idle cores, twice
+# that beside another job (the default timeout is 600 s)
+RETRAINING_TIMEOUT = 1500
 
 
 def traffic_dir(target: Path, shifted: bool) -> Path:
@@ -64,6 +68,8 @@ def run_loop(pipeline: Path, root: Path, traffic: Path, capsys) -> tuple[int, st
     return code, capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(RETRAINING_TIMEOUT)
 def test_drift_starts_a_retraining_whose_passing_candidate_is_served(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stages are subprocesses on 2 shared cores
     pipeline = tiny_pipeline(tmp_path, [{"metric": "qa.f1", "op": ">=", "value": 0}])
@@ -97,6 +103,8 @@ def test_drift_starts_a_retraining_whose_passing_candidate_is_served(tmp_path, c
         assert f"\n{step} " in table, table
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(RETRAINING_TIMEOUT)
 def test_failed_gates_keep_the_old_model(tmp_path, capsys, monkeypatch):
     """A gate on qa.fact (does the answer state the item's key fact) passes on the held-out
     questions, which name their facts, and cannot pass on the retraining's dataset, whose
