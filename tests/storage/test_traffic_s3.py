@@ -50,7 +50,7 @@ def test_drifted_window_in_the_bucket_becomes_the_retraining_data(s3_env, bucket
         "outputUri": f"s3://{bucket}/serve/", "payloadLogUri": logs, "referenceUri": reference,
         "drift": {"windowRequests": len(TOPIC), "minRequests": 20},
     }))
-    assert result.drifted is True and result.requests == len(TOPIC)
+    assert result.drifted is True and result.requests == len(TOPIC) and result.labelled_requests == len(corrections)
     assert (result.window_start, result.window_end) == ("2026-11-30T03:00:00Z", f"2026-11-30T03:{len(TOPIC) - 1:02d}:00Z")
     assert result.report_uri.startswith(f"s3://{bucket}/serve/") and storage.exists(result.report_uri)
 

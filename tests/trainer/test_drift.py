@@ -323,6 +323,7 @@ def test_topic_shift_end_to_end_with_corrupt_files(tmp_path, tiny):
     result = main(cfg)
     assert isinstance(result, DriftResult)
     assert result.drifted is True and result.requests == len(TOPIC) and result.reference_rows == len(in_domain())
+    assert result.labelled_requests == 0  # no feedback: nothing a retraining could learn from
     # the oldest and newest of the 40 requests (minutes 0..39), found across both part files
     assert (result.window_start, result.window_end) == ("2026-01-10T12:00:00Z", "2026-01-10T12:39:00Z")
     names = {s.name: s for s in result.signals}
@@ -364,6 +365,7 @@ def test_cli_in_domain_against_reference_traffic(tmp_path, monkeypatch):
     assert len(message) < 3000
     result = DriftResult.model_validate_json(message)
     assert result.drifted is False and result.skipped is None and result.requests == 39 and result.reference_rows == 38
+    assert result.labelled_requests == 15  # every rating given is >= 0.5, the payload-log source's minRating
     names = {s.name: s for s in result.signals}
     assert names["retrieval.top_score"].drifted is False and names["feedback.rating"].drifted is False
     assert names["prompt.oov_share"].drifted is None  # no tokenizer configured

@@ -41,7 +41,7 @@ def iter_traffic(source) -> Iterator[Unit | Dropped]:
     requests = [r for r in scan.records if until is None or _logged_by(r, until)]
     if source.max_records is not None:
         requests = requests[-source.max_records:]
-    feedback = _latest_feedback(source.uri)
+    feedback = latest_feedback(source.uri)
     for record in reversed(requests):  # newest first: of two duplicates, the newest is kept
         yield from _units(record, feedback.get(record.request_id), source)
 
@@ -69,7 +69,7 @@ def _skipped(scan: payload_log.RecordScan, source) -> Iterator[Dropped]:
                       "not a payload record", kind=QA)
 
 
-def _latest_feedback(uri: str) -> dict[str, tuple[float | None, str | None]]:
+def latest_feedback(uri: str) -> dict[str, tuple[float | None, str | None]]:
     """(rating, correction) per request id, from the latest valid feedback line."""
     latest = {}
     for entry in payload_log.read_feedback(uri):  # oldest first
@@ -81,6 +81,19 @@ def _latest_feedback(uri: str) -> dict[str, tuple[float | None, str | None]]:
             continue  # a line the logger would have refused is no feedback
         latest[request_id] = (rating, correction)
     return latest
+
+
+def learnable_requests(records: list[PayloadRecord], feedback: dict[str, tuple[float | None, str | None]], min_rating: float) -> int:
+    """How many of `records` would become an example (the drift check says this, so a window
+    with nothing to learn from starts no retraining)."""
+    return sum(
+        r.status == "ok" and bool(r.prompt.strip()) and _teaches(*feedback.get(r.request_id, (None, None)), min_rating)
+        for r in records
+    )
+
+
+def _teaches(rating: float | None, correction: str | None, min_rating: float) -> bool:
+    return correction is not None or (rating is not None and rating >= min_rating)
 
 
 def _units(record: PayloadRecord, feedback: tuple[float | None, str | None] | None, source) -> Iterator[Unit | Dropped]:

@@ -252,6 +252,8 @@ def _skip(checked: str, why: str, records=(), reference_rows: int | None = None)
 
 def main(config: DriftStageConfig) -> DriftResult:
     from .. import storage
+    from ..config.data import Source
+    from ..data import traffic
     from ..serve.payload_log import read_feedback, scan_records
 
     checked = utc_now()
@@ -292,6 +294,7 @@ def main(config: DriftStageConfig) -> DriftResult:
         found, cols = compare(current, reference, tokenizer=tokenizer)
         drifted, score = sig.decide(found, drift.threshold)
         window = _window(records)
+        labelled = traffic.learnable_requests(records, traffic.latest_feedback(config.payload_log_uri), Source.model_fields["min_rating"].default)
         folder = f"{config.output_uri.rstrip('/')}/drift/{checked.replace(':', '').replace('-', '')}"
         summary = {
             "checked": checked,
@@ -304,6 +307,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             "requests": len(current.prompts),
             **window,
             "reference_rows": len(reference.prompts),
+            "labelled_requests": labelled,
             "reference_uri": reference_uri,
             "skipped_log_files": scan.skipped_files,
             "skipped_log_rows": scan.skipped_rows,
@@ -334,6 +338,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             requests=len(current.prompts),
             **window,
             reference_rows=len(reference.prompts),
+            labelled_requests=labelled,
             skipped=None if drifted is not None else "no signal could be judged" + corrupt,
             signals=[
                 DriftSignal(name=s.name, score=sig._round(s.score, 4), threshold=s.threshold, drifted=s.drifted) for s in found
