@@ -64,6 +64,12 @@ CASES = [
     BadCase("model-ref-and-uri", "Evaluation", _with("Evaluation", modelUri="s3://m/x"), "spec.modelRef"),
     BadCase("unknown-runtime", "ModelDeployment", _with("ModelDeployment", runtime="tgi"), "spec.runtime"),
     BadCase("max-below-min-replicas", "ModelDeployment", _with("ModelDeployment", scaling={"minReplicas": 3, "maxReplicas": 1}), "spec.scaling.maxReplicas"),
+    BadCase("unknown-drift-signal", "ModelDeployment",
+            _with("ModelDeployment", monitoring={"drift": {"thresholds": {"embeddings.mmd": 0.3}}}), "spec.monitoring.drift.thresholds"),
+    BadCase("retrain-without-evaluation", "ModelDeployment",
+            _with("ModelDeployment", monitoring={"drift": {}, "retrain": {"enabled": True}}), "spec.monitoring.retrain.enabled"),
+    BadCase("payload-log-window-on-a-file-source", "DomainDataset",
+            _with("DomainDataset", sources=[{"name": "docs", "uri": "s3://b/docs/", "since": "2026-11-30T00:00:00Z"}]), "spec.sources[0].format"),
     BadCase("grpo-without-reward", "RLHFJob", _with("RLHFJob", algorithm="grpo"), "spec.rewardFunctions"),
     BadCase("policy-ref-and-model", "RLHFJob", _with("RLHFJob", policyModel="s3://m/p"), "spec.policyRef"),
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mentor_trainer.config.deploy import DriftResult, DriftStageConfig
+from mentor_trainer.config.deploy import DRIFT_SIGNALS, Drift, DriftResult, DriftStageConfig
 from mentor_trainer.drift import Traffic, compare, main
 from mentor_trainer.drift import signals as sig
 from mentor_trainer.serve.payload_log import PayloadRecord, record_row
@@ -369,3 +369,25 @@ def test_cli_in_domain_against_reference_traffic(tmp_path, monkeypatch):
     names = {s.name: s for s in result.signals}
     assert names["retrieval.top_score"].drifted is False and names["feedback.rating"].drifted is False
     assert names["prompt.oov_share"].drifted is None  # no tokenizer configured
+
+
+def test_the_design_notes_rules_are_options_on_stated_scales(embedded):
+    """drift.thresholds: the notes' KL rule (prompt lengths, 0.15 nats) and MMD threshold (0.3)."""
+    prompts = in_domain()
+    notes = {"prompt.length_kl": 0.15, "embedding.mmd": 0.3}
+    found, _ = compare(Traffic(longer(prompts[:40])), Traffic(prompts[40:]), embed=embedded, thresholds=notes)
+    named = {s.name: s for s in found}
+    assert named["embedding.mmd"].threshold == 0.3 and named["prompt.length_kl"].threshold == 0.15
+    drifted, _ = sig.decide(found, ANY)
+    assert drifted is True and named["prompt.length_kl"].drifted is True and named["prompt.length_kl"].score > 1.0
+    order = np.random.default_rng(2).permutation(len(prompts))
+    same, _ = compare(Traffic([prompts[i] for i in order[:60]]), Traffic([prompts[i] for i in order[60:]]), embed=embedded, thresholds=notes)
+    sig.decide(same, ANY)
+    assert {s.name: s for s in same}["prompt.length_kl"].drifted is False
+    assert "prompt.length_kl" not in {s.name for s in compare(Traffic(prompts[:40]), Traffic(prompts[40:]), embed=embedded)[0]}
+
+
+def test_threshold_names_are_the_signals():
+    assert set(sig.THRESHOLDS) == set(DRIFT_SIGNALS)
+    with pytest.raises(ValueError, match="unknown signal.*embeddings.mmd"):
+        Drift(thresholds={"embeddings.mmd": 0.3})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .common import CelRule, Fraction, ModelUri, NonNegativeInt, PositiveInt, Spec, StageResult, StageRuntime, StorageUri, Verdict
 
@@ -74,8 +74,24 @@ class PayloadLogging(Spec):
     flush_seconds: PositiveInt = Field(default=10, le=3600, description="Write a batch at least this often when there are requests.")
 
 
+# Every signal a drift check can judge (mentor_trainer/drift/signals.py defines each one and
+# its default threshold); prompt.length_kl runs only when drift.thresholds names it.
+DRIFT_SIGNALS = (
+    "prompt.length", "prompt.non_letter_share", "prompt.language", "prompt.oov_share", "completion.refusal_share",
+    "retrieval.top_score", "feedback.rating", "embedding.mmd", "domain.classifier_auc", "prompt.length_kl",
+)
+
+
 class Drift(Spec):
     """Evidently drift check over logged traffic against the training reference."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.thresholds) || self.thresholds.all(k, k in [" + ", ".join(f"'{n}'" for n in DRIFT_SIGNALS) + "])",
+            message="thresholds keys are signal names: " + ", ".join(DRIFT_SIGNALS),
+            field_path=".thresholds",
+        ),
+    )
 
     schedule: str = Field(default="0 * * * *", min_length=9, description="Cron schedule of the check.")
     window_requests: PositiveInt = Field(default=10000, description="Latest logged requests compared.")
@@ -87,6 +103,20 @@ class Drift(Spec):
     reference_uri: StorageUri | None = Field(
         default=None, description="Reference data (default: the training dataset's validation split)."
     )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, max_length=len(DRIFT_SIGNALS),
+        description="Effect-size threshold per signal, in place of its default. The design notes' rules on the same scales:"
+        " embedding.mmd 0.3 (unbiased MMD^2, RBF kernel at the median distance) and prompt.length_kl 0.15"
+        " (KL divergence in nats of the prompt lengths over 10 reference-quantile bins; this signal runs only when named here).",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_signals(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DRIFT_SIGNALS))
+        if unknown:
+            raise ValueError(f"unknown signal(s) {', '.join(unknown)}; signals: {', '.join(DRIFT_SIGNALS)}")
+        return value
 
 
 class Retrain(Spec):

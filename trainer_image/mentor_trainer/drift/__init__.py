@@ -194,9 +194,12 @@ def _embedding_signals(current: Traffic, reference: Traffic, cols: dict, seed: i
     ]
 
 
-def compare(current: Traffic, reference: Traffic, *, tokenizer=None, seed: int = 0, embed=_embed) -> tuple[list[sig.Signal], dict]:
+def compare(
+    current: Traffic, reference: Traffic, *, tokenizer=None, seed: int = 0, embed=_embed, thresholds: dict[str, float] | None = None
+) -> tuple[list[sig.Signal], dict]:
     """Every signal of ``current`` against ``reference`` (not yet decided) and the descriptor
-    columns of both sides (for the report)."""
+    columns of both sides (for the report); ``thresholds`` replace signals' default thresholds
+    (and naming prompt.length_kl adds that signal)."""
     cols = {"current": _descriptors(current), "reference": _descriptors(reference)}
     out = [
         sig.numeric("prompt.length", cols["current"]["length"], cols["reference"]["length"]),
@@ -206,6 +209,10 @@ def compare(current: Traffic, reference: Traffic, *, tokenizer=None, seed: int =
     out.append(sig.categorical("prompt.language", langs["current"], langs["reference"], seed=seed))
     out += _optional_signals(current, reference, cols, tokenizer)
     out += _embedding_signals(current, reference, cols, seed, embed)
+    if thresholds and "prompt.length_kl" in thresholds:
+        out.append(sig.length_kl(cols["current"]["length"], cols["reference"]["length"]))
+    for signal in out:
+        signal.threshold = (thresholds or {}).get(signal.name, signal.threshold)
     cols["current"]["language"] = langs["current"]
     cols["reference"]["language"] = langs["reference"]
     return out, cols
@@ -291,7 +298,7 @@ def main(config: DriftStageConfig) -> DriftResult:
             except StageError as error:
                 log.warning("out-of-vocabulary share skipped: %s", error)
         progress.update(phase="comparing", force=True)
-        found, cols = compare(current, reference, tokenizer=tokenizer)
+        found, cols = compare(current, reference, tokenizer=tokenizer, thresholds=drift.thresholds)
         drifted, score = sig.decide(found, drift.threshold)
         window = _window(records)
         labelled = traffic.learnable_requests(records, traffic.latest_feedback(config.payload_log_uri), Source.model_fields["min_rating"].default)

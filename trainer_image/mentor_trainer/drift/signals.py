@@ -76,7 +76,9 @@ THRESHOLDS = {
     "feedback.rating": 0.75,
     "embedding.mmd": 0.03,
     "domain.classifier_auc": 0.55,
+    "prompt.length_kl": 0.15,  # the design notes' rule; computed only when drift.thresholds names it
 }
+KL_BINS = 10
 STD_FLOORS = {
     "prompt.length": 1.0,
     "prompt.non_letter_share": 0.02,
@@ -190,6 +192,25 @@ def numeric(name: str, current, reference) -> Signal:
     scale = max(float(np.std(ref)), STD_FLOORS[name])
     signal.score = wasserstein_distance(cur, ref) / scale
     signal.p_value = float(ks_2samp(cur, ref).pvalue)
+    return signal
+
+
+def length_kl(current, reference) -> Signal:
+    """KL(current || reference) in nats of the prompt lengths over ``KL_BINS`` bins at the
+    reference's quantiles (add-one smoothed), with a chi-square test of the two histograms."""
+    from scipy.stats import chi2_contingency
+
+    cur, ref = np.asarray(current, float), np.asarray(reference, float)
+    signal = Signal("prompt.length_kl", threshold=THRESHOLDS["prompt.length_kl"], n=(len(cur), len(ref)))
+    if len(cur) < 2 or len(ref) < 2:
+        signal.note = f"too few values (current {len(cur)}, reference {len(ref)})"
+        return signal
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, KL_BINS + 1)[1:-1]))
+    counts = np.stack([np.bincount(np.searchsorted(edges, side_, side="right"), minlength=len(edges) + 1) for side_ in (cur, ref)])
+    p, q = ((c + 1) / (c + 1).sum() for c in counts)
+    signal.score = float(np.sum(p * np.log(p / q)))
+    filled = counts[:, counts.sum(axis=0) > 0]
+    signal.p_value = float(chi2_contingency(filled).pvalue) if filled.shape[1] > 1 else 1.0
     return signal
 
 
