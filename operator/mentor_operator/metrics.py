@@ -20,6 +20,10 @@ RECONCILE_SECONDS = Histogram(
 DRIFT_SCORE = Gauge(
     "mentor_drift_score", "Share of drift signals that drifted in a deployment's latest check.", ["namespace", "name"]
 )
+DRIFT_SIGNAL_SCORE = Gauge(
+    "mentor_drift_signal_score", "Each drift signal's effect score in a deployment's latest check (on the signal's own scale).",
+    ["namespace", "name", "signal"],
+)
 DRIFTED = Gauge("mentor_drifted", "1 when a deployment's latest drift check found drift.", ["namespace", "name"])
 ROLLOUTS = Counter(
     "mentor_rollouts_total", "Model versions rolled out, by outcome (promoted, rolledBack, replaced).", ["namespace", "name", "outcome"]

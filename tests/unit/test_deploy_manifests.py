@@ -810,6 +810,7 @@ def check_dashboard(dash: dict[str, Any]) -> None:
         "mentor_batch_size_bucket",
         "mentor_payload_logs_dropped_total",
         "mentor_drift_score",
+        "mentor_drift_signal_score",
         "mentor_rollouts_total",
         "mentor_retrainings_total",
         "mentor_resources",

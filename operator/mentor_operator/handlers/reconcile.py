@@ -28,7 +28,7 @@ from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
 from ..kube import Kube
-from ..metrics import DRIFT_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
+from ..metrics import DRIFT_SCORE, DRIFT_SIGNAL_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
 from ..retraining import target_model
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, recorded
 from ..settings import Settings
@@ -392,6 +392,9 @@ def fold_drift_check(ctx: Context, body: dict[str, Any], job: dict[str, Any]) ->
     _write_status(ctx, body, {"drift": drift})
     if result.score is not None:
         DRIFT_SCORE.labels(meta["namespace"], meta["name"]).set(result.score)
+    for signal in result.signals:
+        if signal.score is not None:
+            DRIFT_SIGNAL_SCORE.labels(meta["namespace"], meta["name"], signal.name).set(signal.score)
     if result.drifted is not None:
         DRIFTED.labels(meta["namespace"], meta["name"]).set(int(result.drifted))
         if result.drifted != bool(previous.get("drifted")):
