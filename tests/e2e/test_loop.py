@@ -118,7 +118,7 @@ def test_failed_gates_keep_the_old_model(tmp_path, capsys, monkeypatch):
     name = retraining_resources(root)[0]["metadata"]["name"]
     assert status(root, "Evaluation", "quickstart-eval")["passed"] is True
     assert status(root, "Evaluation", name)["passed"] is False
-    assert f"<== Retraining/{name}: Failed: the candidate did not pass: qa.fact: metric not measured" in out
+    assert f"<== Retraining/{name}: Failed in " in out and "the candidate did not pass: qa.fact: metric not measured" in out
     original = status(root, "FineTuneJob", "quickstart-expert")["modelUri"]
     assert status(root, "ModelDeployment", "quickstart-serve")["modelVersion"] == original
     assert f"still serving {original}" in out and "the new model (" not in out
