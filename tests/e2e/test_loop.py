@@ -143,10 +143,10 @@ def test_traffic_sends_prompts_and_feedback_that_joins_the_logged_requests(tmp_p
     ]) + "\n")
     with MentorServer(config, tmp_path / "work") as server:
         assert main(["traffic", "--url", server.http_url, "--file", str(prompts), "--count", "5", "--concurrency", "2"]) == 0
-    assert "5 request(s) answered, 0 failed (request or feedback), 3 feedback posted" in capsys.readouterr().out
+    assert "5 request(s) answered, 0 failed (request or feedback), 4 feedback posted" in capsys.readouterr().out
     records = {r.request_id: r for r in read_records(logs.as_uri())}  # flushed at shutdown
     feedback = read_feedback(logs.as_uri())
-    assert len(records) == 5 and len(feedback) == 3
+    assert len(records) == 5 and len(feedback) == 4  # the first two prompts twice
     assert all(f["request_id"] in records for f in feedback)
     corrected = next(f for f in feedback if f["correction"])
     assert records[corrected["request_id"]].prompt == "Wie öle ich die Kette?"
