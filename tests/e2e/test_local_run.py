@@ -86,7 +86,8 @@ def test_quickstart_runs_dataset_finetune_and_evaluation_for_real(tmp_path, caps
                         "hyperparameters": {"maxSteps": 30, "learningRate": 0.01, "maxSeqLength": 256}},
         "Evaluation": {"generation": {"maxNewTokens": 16, "batchSize": 16}},
         # the verdict on a random tiny model is not asserted, so the deployment does not wait on it
-        "ModelDeployment": {"evaluationRef": None, "maxNewTokens": 8},
+        # (and retraining, which needs its gates, is off)
+        "ModelDeployment": {"evaluationRef": None, "maxNewTokens": 8, "monitoring": {"retrain": {"enabled": False}}},
     })
     root = tmp_path / "run"
     port = free_port()
@@ -162,7 +163,8 @@ def test_quickstart_on_the_real_model_scores_heldout_answers(tmp_path, capsys):
         "FineTuneJob": {"hyperparameters": {"epochs": 1, "maxSteps": 2, "perDeviceBatchSize": 2, "maxSeqLength": 256},
                         "evaluation": {"everySteps": 2}, "checkpointing": {"everySteps": 2}},
         "Evaluation": {"qaUri": questions.as_uri(), "generation": {"maxNewTokens": 12}, "bootstrapSamples": 200},
-        "ModelDeployment": {"evaluationRef": None, "maxNewTokens": 24},  # the verdict after 2 steps is not asserted
+        # the verdict after 2 steps is not asserted (and without it, no retraining)
+        "ModelDeployment": {"evaluationRef": None, "maxNewTokens": 24, "monitoring": {"retrain": {"enabled": False}}},
     })
     root = tmp_path / "run"
     question = HELDOUT[0]["question"]
