@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 REQUEST_TIMEOUT_SECONDS = 600  # a CPU server answers a batch of long prompts slowly
-# The chat response's id is "chatcmpl-" + the request id the payload log records (and joins
-# feedback on), so feedback quotes the bare id.
-RESPONSE_ID_PREFIX = "chatcmpl-"
 
 
 @dataclass
@@ -67,7 +64,7 @@ def _send_one(url: str, item: dict[str, Any], max_tokens: int | None) -> int:
     feedback = {k: item[k] for k in ("correction", "rating") if item.get(k) is not None}
     if not feedback:
         return 0
-    _post(f"{url}/v1/feedback", {"request_id": answer["id"].removeprefix(RESPONSE_ID_PREFIX), **feedback})
+    _post(f"{url}/v1/feedback", {"request_id": answer["id"], **feedback})
     return 1
 
 

@@ -12,7 +12,7 @@ routes follow the OpenAI wire format closely enough for the ``openai`` client:
   "rag": "ok" | "unavailable: <reason>" | null}`` (chat requests answer their last user
   message with retrieved passages when RAG is on);
 - ``POST /v1/feedback`` ``{"request_id", "rating", "correction"}``: stored beside the payload
-  logs (the response's ``id`` is the request id to quote).
+  logs; ``request_id`` is the response's ``id`` (or the bare id the payload log records).
 
 Not supported: ``n`` > 1 (a 400), ``logprobs``, ``stop`` sequences, ``top_p`` and tools (ignored;
 generation stops at the model's end-of-sequence tokens or ``max_tokens``).
@@ -103,6 +103,18 @@ class CompletionBody(_Body):
     prompt: str | list[str]
 
 
+# A response's id is this prefix + the request id the payload log records and joins feedback on.
+RESPONSE_ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-"}
+
+
+def logged_request_id(quoted: str) -> str:
+    """The payload log's request id from a response id (or from the bare id itself)."""
+    for prefix in RESPONSE_ID_PREFIXES.values():
+        if quoted.startswith(prefix):
+            return quoted[len(prefix):]
+    return quoted
+
+
 class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -189,7 +201,7 @@ def openai_router(service: MentorService) -> APIRouter:
         endpoint: str, kind: str, body: _Body, generation: Generation, prompt: str, retrieval: Retrieval
     ) -> Response:
         request_id = uuid.uuid4().hex
-        response_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + request_id
+        response_id = RESPONSE_ID_PREFIXES[kind] + request_id
         created = int(time.time())
         mentor = retrieval.as_json()
 
@@ -289,7 +301,7 @@ def openai_router(service: MentorService) -> APIRouter:
             if service.payload is None:
                 raise ApiError(404, "payload logging is off on this deployment: feedback has nowhere to go", code="logging_disabled")
             try:
-                service.payload.feedback(body.request_id, body.rating, body.correction)
+                service.payload.feedback(logged_request_id(body.request_id), body.rating, body.correction)
             except ValueError as error:
                 raise ApiError(400, str(error), code="invalid_value") from None
         except ApiError as error:
