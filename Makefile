@@ -23,6 +23,11 @@ demo:  ## run the quickstart pipeline locally on CPU
 	"$$venv/bin/mentor" run -f examples/quickstart/ --root .mentor/quickstart --serve-seconds 0 \
 		--ask "How many pheromone traps per hectare are used against the frost moth?"
 
+loop:  ## the quickstart's drift -> retrain loop locally: serve, traffic, drift check, retraining, swap
+	venv="$(VENV)"
+	"$$venv/bin/mentor-trainer" smollm2 --out .mentor/smollm2  # the base model, converted once
+	"$$venv/bin/mentor" loop -f examples/quickstart/ --root .mentor/loop
+
 test:  ## run the whole test suite (builds the control plane, helm and MinIO on first use)
 	venv="$(VENV)"
 	export MENTOR_K8S_BIN="$(CLUSTER_BIN)"
@@ -45,4 +50,4 @@ bench-operator:  ## 1,000 FineTuneJobs against the real control plane
 	venv="$(VENV)"
 	MENTOR_K8S_BIN="$(CLUSTER_BIN)" "$$venv/bin/python" bench/operator_scale.py
 
-.PHONY: help env demo test test-unit cluster-bin crds bench-operator
+.PHONY: help env demo loop test test-unit cluster-bin crds bench-operator
