@@ -27,12 +27,10 @@ from .local import LocalExecutor, StepResult, example_call
 from .resources import Document
 from .retraining import (
     Drifted,
-    Observed,
-    Templates,
     advance,
+    gather_templates,
+    observe,
     plan_retraining,
-    regression_name,
-    served_dataset,
     start_refusal,
     target_model,
 )
@@ -148,33 +146,20 @@ class Loop:
             return refusal
         if policy.approval == "manual" and not self.approve:
             return "spec.monitoring.retrain.approval is manual: run the loop with --approve to retrain and serve a passing candidate"
-        if spec.evaluation_ref is None or (spec.model_ref.kind != "FineTuneJob" and not policy.training_ref):
-            return "a retraining copies the deployment's FineTuneJob and Evaluation (modelRef, evaluationRef)"
         return None
-
-    def _templates(self, spec: Any) -> Templates:
-        training = self.executor.lookup("FineTuneJob", spec.monitoring.retrain.training_ref or spec.model_ref.name)
-        original = training["spec"]["datasetRef"]["name"]
-        dataset = served_dataset(self.records, self._body["status"]["modelVersion"], original)
-        return Templates(
-            training=training,
-            dataset=self.executor.lookup("DomainDataset", dataset),
-            evaluation=self.executor.lookup("Evaluation", spec.evaluation_ref.name),
-            original_dataset=original,
-        )
 
     def _retrain(self, drift: DriftResult) -> bool:
         started = time.perf_counter()
         body, spec = self._body, self._spec
-        refusal = self._refusal(spec, drift)
-        if refusal:
-            self._step("Retraining", self.deployment.name, "Skipped", refusal, started)
+        served = body["status"]["modelVersion"]
+        templates = self._refusal(spec, drift) or gather_templates(self.executor.lookup, spec, self.records, served)  # or why not
+        if isinstance(templates, str):
+            self._step("Retraining", self.deployment.name, "Skipped", templates, started)
             return True
         out = output_uri(spec, body, self.executor.settings)
         drifted = Drifted(f"local-{drift.last_check_time}", drift.window_start, drift.window_end, payload_log_uri(spec, out))
-        served = body["status"]["modelVersion"]
         policy = spec.monitoring.retrain
-        plan = plan_retraining(body, policy, drifted, self._templates(spec), served, served, now())
+        plan = plan_retraining(body, policy, drifted, templates, served, served, now())
         if self.approve:  # what the operator does when the approval arrives before training
             next(r for r in plan.resources if r["kind"] == "FineTuneJob")["spec"].pop("suspend", None)
         record = plan.record
@@ -182,7 +167,7 @@ class Loop:
         self._say(f"drift: starting retraining {record['name']} ({record['message']})")
         documents = self._documents(record["name"], plan.resources)
         self.steps += self.executor.run(documents, on_step=self.on_step)
-        record = advance(record, self._observe(record["name"]), {}, policy, served, self.approve)
+        record = advance(record, observe(self.executor.lookup, record), {}, policy, served, self.approve)
         if record["phase"] != "RollingOut":
             return self._kept(record, started)
         return self._roll_out(record, served, started)
@@ -193,14 +178,6 @@ class Loop:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump_all(resources, sort_keys=False))
         return [Document(path, index, resource) for index, resource in enumerate(resources)]
-
-    def _observe(self, name: str) -> Observed:
-        lookup = self.executor.lookup
-        return Observed(
-            dataset=lookup("DomainDataset", name),
-            training=lookup("FineTuneJob", name),
-            evaluations=[lookup("Evaluation", n) for n in (name, regression_name(name))],
-        )
 
     def _kept(self, record: dict[str, Any], started: float) -> bool:
         """The retraining ended without a candidate to serve: the old model stays."""
@@ -219,7 +196,7 @@ class Loop:
             return False
         new_answer = example_call(self._url, question)
         status = {"rollouts": recorded({}, candidate, "replaced", f"replaced {served} (mentor loop)", now())}
-        record = advance(record, self._observe(record["name"]), status, self._spec.monitoring.retrain, served, self.approve)
+        record = advance(record, observe(self.executor.lookup, record), status, self._spec.monitoring.retrain, served, self.approve)
         self.out.write(f"\nthe old model ({served}):\n    {old_answer}\nthe new model ({candidate}):\n    {new_answer}\n\n")
         self._step("Retraining", record["name"], record["phase"], record["message"], started)
         return record["phase"] == "Succeeded"

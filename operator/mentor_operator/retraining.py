@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from mentor_trainer.config.deploy import Retrain
 from mentor_trainer.timestamps import parse_utc
@@ -78,6 +78,27 @@ class Templates:
     dataset: dict[str, Any]  # the DomainDataset behind the served model
     evaluation: dict[str, Any]  # the deployment's Evaluation (its gates)
     original_dataset: str  # the training template's dataset: the original held-out set
+
+
+Lookup = Callable[[str, str], "dict[str, Any] | None"]  # (kind, name) -> the resource in the deployment's namespace
+
+
+def gather_templates(lookup: Lookup, spec: Any, records: list[dict[str, Any]], served: str | None) -> Templates | str:
+    """What a retraining of the deployment (`spec`) copies, or why it cannot start."""
+    if served is None:
+        return "no model is served yet"
+    training_name = spec.monitoring.retrain.training_ref or spec.model_ref.name
+    training = lookup("FineTuneJob", training_name)
+    evaluation = lookup("Evaluation", spec.evaluation_ref.name)
+    if training is None or evaluation is None:
+        missing = f"FineTuneJob/{training_name}" if training is None else f"Evaluation/{spec.evaluation_ref.name}"
+        return f"the template {missing} does not exist"
+    original = training["spec"]["datasetRef"]["name"]
+    dataset_name = served_dataset(records, served, original)
+    dataset = lookup("DomainDataset", dataset_name)
+    if dataset is None:
+        return f"the served model's DomainDataset/{dataset_name} does not exist"
+    return Templates(training=training, dataset=dataset, evaluation=evaluation, original_dataset=original)
 
 
 @dataclass(frozen=True)
@@ -203,6 +224,15 @@ class Observed:
     dataset: dict[str, Any] | None
     training: dict[str, Any] | None
     evaluations: list[dict[str, Any] | None]
+
+
+def observe(lookup: Lookup, record: dict[str, Any]) -> Observed:
+    name = record["name"]
+    return Observed(
+        dataset=lookup("DomainDataset", record["dataset"]),
+        training=lookup("FineTuneJob", name),
+        evaluations=[lookup("Evaluation", n) for n in (name, regression_name(name))],
+    )
 
 
 def advance(

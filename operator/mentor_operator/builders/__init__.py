@@ -99,7 +99,7 @@ def render_drift_config(body: dict[str, Any], spec: Any, resolved: dict[str, Any
     out = output_uri(spec, body, settings)
     inputs = {
         "drift": spec.monitoring.drift,
-        "payload_log_uri": payload_log_uri(spec, out) or f"{out.rstrip('/')}/payloads/",
+        "payload_log_uri": payload_log_uri(spec, out),  # logging is on: CEL requires it for drift
         # the training dataset's validation prompts, unless the spec names a reference
         "reference_uri": spec.monitoring.drift.reference_uri or resolved.get("dataset_uri"),
         "tokenizer_uri": f"{export_uri(out, stable)}model/",
@@ -138,7 +138,7 @@ def plan_rollout_analysis(
     instance = f"rollout-{version_id(canary)}-{attempt}"
     analysis_spec = spec.model_copy(update={"resources": ANALYSIS_RESOURCES, "output_uri": f"{out.rstrip('/')}/rollouts/{instance}/"})
     inputs = {
-        "payload_log_uri": payload_log_uri(spec, out) or f"{out.rstrip('/')}/payloads/",
+        "payload_log_uri": payload_log_uri(spec, out),  # logging is on: CEL requires it for drift
         "stable_version": stable,
         "canary_version": canary,
         "since": since,

@@ -13,14 +13,13 @@ from ..retraining import (
     ACTIVE_PHASES,
     APPROVE_ANNOTATION,
     Drifted,
-    Observed,
-    Templates,
+    Lookup,
     advance,
     approval_for,
+    gather_templates,
+    observe,
     plan_retraining,
     recorded,
-    regression_name,
-    served_dataset,
     start_refusal,
 )
 from ..status import now
@@ -41,8 +40,9 @@ def step_retrainings(ctx: Any, body: dict[str, Any], spec: Any, spec_model: str,
         changes["drift"] = drift
     approved = _take_approval(ctx, body, records, events)
     policy = spec.monitoring.retrain
+    lookup = _lookup(ctx, body)
     for record in [r for r in records if r.get("phase") in ACTIVE_PHASES]:
-        moved = advance(record, _observe(ctx, body, record), status, policy, spec_model, approved == record["name"])
+        moved = advance(record, observe(lookup, record), status, policy, spec_model, approved == record["name"])
         if moved != record:
             records = recorded(records, moved)
             if moved["phase"] != record["phase"]:
@@ -64,15 +64,13 @@ def _decide(
     stamp = now()
     decided = {**drift, "decidedCheck": drift["checkName"]}
     refusal = start_refusal(records, spec.monitoring.retrain, parse_utc(stamp), drift)
-    templates = None if refusal else _templates(ctx, body, spec, records)
+    served = (body.get("status") or {}).get("modelVersion")
+    templates = refusal or gather_templates(_lookup(ctx, body), spec, records, served)  # or why not
     if isinstance(templates, str):
-        refusal, templates = templates, None
-    if refusal or templates is None:
-        events.append(("Normal", "RetrainingSkipped", f"drift check {drift['checkName']}: no retraining: {refusal}"))
-        return records, {**decided, "decision": f"not retrained: {refusal}"}
+        events.append(("Normal", "RetrainingSkipped", f"drift check {drift['checkName']}: no retraining: {templates}"))
+        return records, {**decided, "decision": f"not retrained: {templates}"}
     drifted = Drifted(drift["checkName"], drift.get("windowStart"), drift.get("windowEnd"), payload_log_uri(spec, out))
-    deployed = (body.get("status") or {})["modelVersion"]
-    plan = plan_retraining(body, spec.monitoring.retrain, drifted, templates, deployed, spec_model, stamp)
+    plan = plan_retraining(body, spec.monitoring.retrain, drifted, templates, served, spec_model, stamp)
     for resource in plan.resources:  # create-if-absent: a second pass after a crash adds what is missing
         ctx.kube.create(resource)
     events.append(("Normal", "RetrainingStarted", f"drift check {drift['checkName']} started {plan.record['name']}"))
@@ -83,27 +81,6 @@ def _decide(
         lastRetrainTime=stamp,
     )
     return recorded(records, plan.record), decided
-
-
-def _templates(ctx: Any, body: dict[str, Any], spec: Any, records: list[dict[str, Any]]) -> Templates | str:
-    """What the retraining copies, or why it cannot start."""
-    namespace = body["metadata"]["namespace"]
-    policy = spec.monitoring.retrain
-    served = (body.get("status") or {}).get("modelVersion")
-    if served is None:
-        return "no model is served yet"
-    training_name = policy.training_ref or spec.model_ref.name
-    training = ctx.kube.get("FineTuneJob", namespace, training_name)
-    evaluation = ctx.kube.get("Evaluation", namespace, spec.evaluation_ref.name)
-    if training is None or evaluation is None:
-        missing = f"FineTuneJob/{training_name}" if training is None else f"Evaluation/{spec.evaluation_ref.name}"
-        return f"the template {missing} does not exist"
-    original = training["spec"]["datasetRef"]["name"]
-    dataset_name = served_dataset(records, served, original)
-    dataset = ctx.kube.get("DomainDataset", namespace, dataset_name)
-    if dataset is None:
-        return f"the served model's DomainDataset/{dataset_name} does not exist"
-    return Templates(training=training, dataset=dataset, evaluation=evaluation, original_dataset=original)
 
 
 def _take_approval(ctx: Any, body: dict[str, Any], records: list[dict[str, Any]], events: list[Event]) -> str | None:
@@ -124,14 +101,10 @@ def _take_approval(ctx: Any, body: dict[str, Any], records: list[dict[str, Any]]
     return name
 
 
+def _lookup(ctx: Any, body: dict[str, Any]) -> Lookup:
+    namespace = body["metadata"]["namespace"]
+    return lambda kind, name: ctx.kube.get(kind, namespace, name)
+
+
 def _key(body: dict[str, Any]) -> tuple[str, str]:
     return body["metadata"]["namespace"], body["metadata"]["name"]
-
-
-def _observe(ctx: Any, body: dict[str, Any], record: dict[str, Any]) -> Observed:
-    namespace, name = body["metadata"]["namespace"], record["name"]
-    return Observed(
-        dataset=ctx.kube.get("DomainDataset", namespace, record["dataset"]),
-        training=ctx.kube.get("FineTuneJob", namespace, name),
-        evaluations=[ctx.kube.get("Evaluation", namespace, n) for n in (name, regression_name(name))],
-    )

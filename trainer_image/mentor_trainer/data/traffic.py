@@ -41,7 +41,7 @@ def iter_traffic(source) -> Iterator[Unit | Dropped]:
     requests = [r for r in scan.records if until is None or _logged_by(r, until)]
     if source.max_records is not None:
         requests = requests[-source.max_records:]
-    feedback = latest_feedback(source.uri)
+    feedback = latest_feedback(payload_log.read_feedback(source.uri))
     for record in reversed(requests):  # newest first: of two duplicates, the newest is kept
         yield from _units(record, feedback.get(record.request_id), source)
 
@@ -69,10 +69,11 @@ def _skipped(scan: payload_log.RecordScan, source) -> Iterator[Dropped]:
                       "not a payload record", kind=QA)
 
 
-def latest_feedback(uri: str) -> dict[str, tuple[float | None, str | None]]:
-    """(rating, correction) per request id, from the latest valid feedback line."""
+def latest_feedback(entries: list[dict]) -> dict[str, tuple[float | None, str | None]]:
+    """(rating, correction) per request id, from the latest valid line of a payload log's
+    feedback (`payload_log.read_feedback`)."""
     latest = {}
-    for entry in payload_log.read_feedback(uri):  # oldest first
+    for entry in entries:  # oldest first
         try:
             request_id, rating, correction = payload_log.validate_feedback(
                 entry["request_id"], entry["rating"], entry["correction"]

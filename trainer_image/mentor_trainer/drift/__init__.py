@@ -288,7 +288,8 @@ def main(config: DriftStageConfig) -> DriftResult:
         if not reference.prompts:
             return _skip(checked, f"reference {reference_uri} is missing or holds no prompts" + corrupt, records, 0)
         reference = reference.sample(MAX_REFERENCE)
-        current = _from_records(records, read_feedback(config.payload_log_uri))
+        feedback = read_feedback(config.payload_log_uri)
+        current = _from_records(records, feedback)
         tokenizer = None
         if config.tokenizer_uri:
             from ..models import load_tokenizer
@@ -301,7 +302,7 @@ def main(config: DriftStageConfig) -> DriftResult:
         found, cols = compare(current, reference, tokenizer=tokenizer, thresholds=drift.thresholds)
         drifted, score = sig.decide(found, drift.threshold)
         window = _window(records)
-        labelled = traffic.learnable_requests(records, traffic.latest_feedback(config.payload_log_uri), Source.model_fields["min_rating"].default)
+        labelled = traffic.learnable_requests(records, traffic.latest_feedback(feedback), Source.model_fields["min_rating"].default)
         folder = f"{config.output_uri.rstrip('/')}/drift/{checked.replace(':', '').replace('-', '')}"
         summary = {
             "checked": checked,
