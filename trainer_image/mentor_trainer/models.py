@@ -274,11 +274,16 @@ def load_model_and_tokenizer(
     attn_implementation: str | None = None,
     load_model: bool = True,
     purpose: str = "base model",
+    model_class: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a model URI (see the module doc)."""
+    """Load a model (a causal LM unless ``model_class`` says otherwise, e.g.
+    AutoModelForSequenceClassification with ``model_kwargs`` num_labels) and its tokenizer
+    from a model URI (see the module doc)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    model_class = model_class or AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **(model_kwargs or {})}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if quantization_config is not None:
@@ -295,7 +300,7 @@ def load_model_and_tokenizer(
     model = None
     if load_model:
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
+            model = model_class.from_pretrained(resolved.location, **kwargs)
         except ValueError as error:
             if "trust_remote_code" in str(error):
                 raise StageError(

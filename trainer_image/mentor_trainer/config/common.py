@@ -288,6 +288,10 @@ class Progress(Spec):
     epoch: float | None = Field(default=None, description="Current epoch (fractional).")
     loss: float | None = Field(default=None, description="Latest training loss.")
     eval_loss: float | None = Field(default=None, description="Latest validation loss.")
+    reward: float | None = Field(default=None, description="Latest mean reward (grpo, ppo).")
+    reward_margin: float | None = Field(
+        default=None, description="Latest chosen-minus-rejected reward margin (dpo, orpo, kto, reward-model)."
+    )
     tokens_per_second: float | None = Field(default=None, description="Training throughput.")
     eta_seconds: float | None = Field(default=None, description="Estimated time left.")
     percent: str | None = Field(default=None, description="step/total as a percentage, for printing.")

@@ -1,5 +1,7 @@
-"""The FineTuneJob spec as TRL's SFTConfig (TrainingArguments): schedule, batch, precision,
-packing, evaluation, checkpoints and best-checkpoint selection, DeepSpeed, data order."""
+"""A training spec as TRL's configs (TrainingArguments): :func:`training_arguments` are the
+settings every training stage shares (schedule, batch, precision, checkpoints, DeepSpeed,
+logging); :func:`sft_arguments` adds the FineTuneJob's packing, evaluation, best-checkpoint
+selection and data order."""
 
 from __future__ import annotations
 
@@ -34,17 +36,48 @@ def sft_arguments(
         # Checkpoints are never made rarer than asked (they are what a restarted pod resumes
         # from): evaluate at every checkpoint, or checkpoint at the last evaluation before it.
         if eval_steps > save_steps:
-            log.info("evaluation.everySteps %d -> %d (at every checkpoint, for best-checkpoint selection)", eval_steps, save_steps)
+            log.info(
+                "evaluation.everySteps %d -> %d (at every checkpoint, for best-checkpoint selection)", eval_steps, save_steps
+            )
             eval_steps = save_steps
         else:
             rounded = save_steps // eval_steps * eval_steps
             log.info("checkpointing.everySteps %d -> %d (a multiple of evaluation.everySteps)", save_steps, rounded)
             save_steps = rounded
-    packing = config.data.packing
+    return SFTConfig(
+        **{
+            **training_arguments(config, checkpoint_dir, precision, device),
+            **dict(
+                max_length=hp.max_seq_length,
+                activation_checkpointing=hp.gradient_checkpointing,
+                packing=config.data.packing,
+                packing_strategy="bfd",
+                completion_only_loss=completion_only,
+                dataset_text_field="text",
+                shuffle_dataset=False,
+                train_sampling_strategy="sequential" if curriculum else "random",
+                eval_strategy="steps" if has_eval else "no",
+                eval_steps=eval_steps,
+                save_steps=save_steps,
+                load_best_model_at_end=load_best,
+                metric_for_best_model="eval_loss" if load_best else None,
+                greater_is_better=False if load_best else None,
+                logging_steps=max(1, min(10, eval_steps)),
+                include_num_input_tokens_seen="non_padding",
+                remove_unused_columns=True,
+            ),
+        }
+    )
+
+
+def training_arguments(config, checkpoint_dir: Path, precision: str, device: str) -> dict:
+    """TrainingArguments every training stage shares, from a config's hyperparameters,
+    checkpointing and distributed blocks; a stage adds (or overrides) its own."""
+    hp = config.hyperparameters
     deepspeed = None
     if device == "cuda" and world_size(config.distributed) > 1:
         deepspeed = deepspeed_config(config.distributed, precision)
-    return SFTConfig(
+    return dict(
         deepspeed=deepspeed,
         output_dir=str(checkpoint_dir),
         num_train_epochs=hp.epochs,
@@ -55,7 +88,6 @@ def sft_arguments(
         per_device_train_batch_size=hp.per_device_batch_size,
         per_device_eval_batch_size=hp.per_device_batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        max_length=hp.max_seq_length,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
@@ -63,27 +95,13 @@ def sft_arguments(
         weight_decay=hp.weight_decay,
         seed=hp.seed,
         data_seed=hp.seed,
-        activation_checkpointing=hp.gradient_checkpointing,
-        packing=packing,
-        packing_strategy="bfd",
-        completion_only_loss=completion_only,
-        dataset_text_field="text",
-        shuffle_dataset=False,
-        train_sampling_strategy="sequential" if curriculum else "random",
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps,
         save_strategy="steps",
-        save_steps=save_steps,
+        save_steps=config.checkpointing.every_steps,
         save_total_limit=config.checkpointing.keep_last,
-        load_best_model_at_end=load_best,
-        metric_for_best_model="eval_loss" if load_best else None,
-        greater_is_better=False if load_best else None,
-        logging_steps=max(1, min(10, eval_steps)),
+        logging_steps=1,
         logging_first_step=True,
         report_to="none",
-        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
         disable_tqdm=True,
-        remove_unused_columns=True,
     )

@@ -14,7 +14,8 @@ def progress_callback(reporter: ProgressReporter, tokens_fn):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Reports step, total_steps, epoch, loss, eval_loss, tokens_per_second and eta_seconds on each log."""
+        """Reports step, total_steps, epoch, loss, eval_loss, reward or reward_margin, tokens_per_second and
+        eta_seconds on each log."""
 
         def __init__(self) -> None:
             self.started = None
@@ -34,6 +35,10 @@ def progress_callback(reporter: ProgressReporter, tokens_fn):
                 fields["loss"] = round(float(logs["loss"]), 6)
             if "eval_loss" in logs:
                 fields["eval_loss"] = round(float(logs["eval_loss"]), 6)
+            # TRL's names: GRPO logs the mean total reward, DPO/ORPO/KTO/reward models the margin
+            for key, name in (("reward", "reward"), ("rewards/margins", "reward_margin"), ("margin", "reward_margin")):
+                if logs.get(key) is not None:
+                    fields[name] = round(float(logs[key]), 6)
             elapsed = max(time.time() - (self.started or time.time()), 1e-6)
             done = state.global_step - self.start_step
             tokens = tokens_fn(state) - self.start_tokens

@@ -1,4 +1,4 @@
-"""One prepared SFT run: the trainer and what the result and the model card report about it."""
+"""One prepared training run (sft or rlhf): the trainer and what the result and the model card report about it."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.sft import SftStageConfig
 
 
 @dataclass
 class Job:
-    config: SftStageConfig
+    config: Any  # SftStageConfig | RLHFStageConfig
     device: str
     precision: str
     trainer: Any
@@ -24,3 +23,6 @@ class Job:
     dataset_hash: str | None
     base_uri: str
     notes: dict = field(default_factory=dict)  # extra result.json fields: trained blocks, parameter counts, best checkpoint
+    stage: str = "sft"  # the mentor-trainer stage, named in the model card
+    card_lines: list[str] = field(default_factory=list)  # the model card's description of the data and method
+    model_files: dict[str, str] = field(default_factory=dict)  # extra files (name -> text) written beside the weights

@@ -27,7 +27,7 @@ def num_layers(model) -> int:
     return int(model.config.get_text_config().num_hidden_layers)
 
 
-def apply_lora(model, config, use_dora: bool):
+def apply_lora(model, config, use_dora: bool, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
@@ -49,7 +49,7 @@ def apply_lora(model, config, use_dora: bool):
         target_modules=[m for m in lora.target_modules if m in present],
         use_dora=use_dora,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, peft_config)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from .. import storage
 from ..config.sft import TrainingResult
 from ..tracking import Tracker
-from .curriculum import enabled_curriculum
 from .job import Job
 from .methods import ADAPTER_METHODS
 
@@ -26,20 +25,17 @@ def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> TrainingResult
     adapter_uri = None
     if config.method in ADAPTER_METHODS:
         adapter = out.join("adapter")
-        with storage.publish(adapter, {"kind": "adapter", "base": config.base_model}) as staging:
-            model.save_pretrained(staging, safe_serialization=True)
-            job.tokenizer.save_pretrained(staging)
+        with storage.publish(adapter, {"kind": "adapter", "base": job.base_uri}) as staging:
+            _save(job, model, staging)
         adapter_uri = model_uri = str(adapter) + "/"
         if config.output.merge_adapter:
             merged = _merged_model(job, staging_adapter=adapter)
-            with storage.publish(out.join("model"), {"kind": "model", "base": config.base_model}) as staging:
-                merged.save_pretrained(staging, safe_serialization=True)
-                job.tokenizer.save_pretrained(staging)
+            with storage.publish(out.join("model"), {"kind": "model", "base": job.base_uri}) as staging:
+                _save(job, merged, staging)
             model_uri = str(out.join("model")) + "/"
     else:
-        with storage.publish(out.join("model"), {"kind": "model", "base": config.base_model}) as staging:
-            model.save_pretrained(staging, safe_serialization=True)
-            job.tokenizer.save_pretrained(staging)
+        with storage.publish(out.join("model"), {"kind": "model", "base": job.base_uri}) as staging:
+            _save(job, model, staging)
         model_uri = str(out.join("model")) + "/"
     registered = None
     if config.tracking.registered_model_name and tracker.enabled:
@@ -64,24 +60,30 @@ def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> TrainingResult
     return result
 
 
+def _save(job: Job, model, staging) -> None:
+    model.save_pretrained(staging, safe_serialization=True)
+    job.tokenizer.save_pretrained(staging)
+    for name, text in job.model_files.items():
+        (Path(staging) / name).write_text(text)
+
+
 def model_card(job: Job, metrics: dict, result: TrainingResult) -> str:
     c = job.config
     hp = c.hyperparameters
     lines = [
         f"# {c.run.name}",
         "",
-        f"Fine-tuned by `mentor-trainer sft` for {c.run.kind} `{c.run.namespace}/{c.run.name}` (generation {c.run.generation}).",
+        f"Trained by `mentor-trainer {job.stage}` for {c.run.kind} `{c.run.namespace}/{c.run.name}` (generation {c.run.generation}).",
         "",
-        f"- Base model: `{c.base_model}`",
-        f"- Dataset: `{c.dataset_uri}` (content hash `{job.dataset_hash or 'unknown'}`), task {c.data.task}, "
+        f"- Base model: `{job.base_uri}`",
+        f"- Dataset: `{c.dataset_uri}` (content hash `{job.dataset_hash or 'unknown'}`), "
         f"{job.train_examples} training / {job.eval_examples} validation examples",
+        *job.card_lines,
         f"- Method: {c.method}"
-        + (f" (r={c.lora.r}, alpha={c.lora.alpha}, targets {', '.join(c.lora.target_modules)})" if c.lora and c.method in ADAPTER_METHODS else "")
-        + (f", trained blocks {job.notes.get('trainedLayers') or job.notes.get('autoLayers')}" if c.method in ("freeze", "auto") else ""),
+        + (f" (r={c.lora.r}, alpha={c.lora.alpha}, targets {', '.join(c.lora.target_modules)})" if c.lora and c.method in ADAPTER_METHODS else ""),
         f"- Trainable parameters: {job.notes.get('trainableParameters'):,} of {job.notes.get('parameters'):,}",
         f"- Hyper-parameters: lr {hp.learning_rate} ({hp.lr_scheduler}), batch {hp.per_device_batch_size} x "
-        f"{hp.gradient_accumulation_steps}, max length {hp.max_seq_length}, precision {job.precision} on {job.device}, "
-        f"packing {c.data.packing}, curriculum {enabled_curriculum(c) is not None}",
+        f"{hp.gradient_accumulation_steps}, max length {hp.max_seq_length}, precision {job.precision} on {job.device}",
         "",
         "## Results",
         "",
@@ -107,7 +109,7 @@ def _merged_model(job: Job, staging_adapter: storage.Uri):
 
     from ..models import load_model_and_tokenizer
 
-    base = load_model_and_tokenizer(job.config.base_model, trust_remote_code=job.config.trust_remote_code, dtype=torch.bfloat16).model
+    base = load_model_and_tokenizer(job.base_uri, trust_remote_code=job.config.trust_remote_code, dtype=torch.bfloat16).model
     with tempfile.TemporaryDirectory() as tmp:
         storage.download(staging_adapter, tmp)
         return PeftModel.from_pretrained(base, tmp).merge_and_unload()

@@ -71,7 +71,16 @@ def prepare(config: SftStageConfig, callbacks: tuple = (), reporter: ProgressRep
         dataset_hash=manifest_hash(config.dataset_uri),
         base_uri=config.base_model,
         notes=notes,
+        card_lines=card_lines(config, notes),
     )
+
+
+def card_lines(config: SftStageConfig, notes: dict) -> list[str]:
+    """What the model card says about this run's task, blocks and data order."""
+    lines = [f"- Task: {config.data.task}, packing {config.data.packing}, curriculum {enabled_curriculum(config) is not None}"]
+    if config.method in ("freeze", "auto"):
+        lines.append(f"- Trained blocks: {notes.get('trainedLayers') or notes.get('autoLayers')}")
+    return lines
 
 
 def load_base_model(config: SftStageConfig, device: str, dtype, quantization) -> tuple[Any, Any]:
@@ -165,20 +174,7 @@ def train(job: Job, tracker: Tracker) -> dict:
             )
         metrics["base_eval_perplexity"] = _perplexity(metrics["base_eval_loss"])
         tracker.log_metrics({"base_eval_loss": metrics["base_eval_loss"]}, step=0)
-    if job.resume_from:
-        log.info("resuming from %s", job.resume_from)
-    import torch
-
-    try:
-        output = trainer.train(resume_from_checkpoint=job.resume_from)
-    except torch.OutOfMemoryError as error:
-        hp = job.config.hyperparameters
-        raise StageError(
-            f"out of GPU memory at step {trainer.state.global_step} (batch {hp.per_device_batch_size} x "
-            f"{hp.max_seq_length} tokens, method {job.config.method}): lower hyperparameters.perDeviceBatchSize "
-            "(raise gradientAccumulationSteps to keep the batch), lower maxSeqLength, set gradientCheckpointing: true, "
-            f"use method lora/qlora, or request a larger GPU ({str(error).splitlines()[0][:160]})"
-        ) from None
+    output = fit(job)
     metrics["train_loss"] = float(output.training_loss)
     if trainer.eval_dataset is not None:
         final = trainer.evaluate()
@@ -194,6 +190,26 @@ def train(job: Job, tracker: Tracker) -> dict:
     if trainer.state.best_model_checkpoint:
         job.notes["bestCheckpoint"] = Path(trainer.state.best_model_checkpoint).name
     return metrics
+
+
+def fit(job: Job):
+    """trainer.train(), resumed from the job's checkpoint; running out of GPU memory is an
+    error that says which settings to lower."""
+    import torch
+
+    trainer = job.trainer
+    if job.resume_from:
+        log.info("resuming from %s", job.resume_from)
+    try:
+        return trainer.train(resume_from_checkpoint=job.resume_from)
+    except torch.OutOfMemoryError as error:
+        hp = job.config.hyperparameters
+        raise StageError(
+            f"out of GPU memory at step {trainer.state.global_step} (batch {hp.per_device_batch_size} x "
+            f"{hp.max_seq_length} tokens, method {job.config.method}): lower hyperparameters.perDeviceBatchSize "
+            "(raise gradientAccumulationSteps to keep the batch), lower maxSeqLength, set gradientCheckpointing: true, "
+            f"use method lora/qlora, or request a larger GPU ({str(error).splitlines()[0][:160]})"
+        ) from None
 
 
 def _perplexity(loss: float) -> float:
@@ -220,7 +236,7 @@ def _run(config: SftStageConfig, job: Job) -> TrainingResult:
         "mentor.base_model": config.base_model,
     }
     with tracker.run(tags):
-        tracker.log_params(_flat_params(config))
+        tracker.log_params(flat_params(config))
         tracker.set_tags({"mentor.dataset_hash": job.dataset_hash or "unknown"})
         job.trainer.add_callback(trainer_callback(tracker))
         metrics = train(job, tracker)
@@ -228,7 +244,7 @@ def _run(config: SftStageConfig, job: Job) -> TrainingResult:
         return publish_outputs(job, metrics, tracker)
 
 
-def _flat_params(config) -> dict:
+def flat_params(config) -> dict:
     wire = config.model_dump(mode="json", exclude={"run", "tracking", "progress_file", "output_uri"}, exclude_none=True)
     flat: dict[str, Any] = {}
 
