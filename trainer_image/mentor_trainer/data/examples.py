@@ -6,7 +6,8 @@ Formats (one parquet file set per format and split, so each trainer loads exactl
 - ``sft``: ``messages`` = [{role: user, content: question}, {role: assistant, content: answer}];
 - ``cot``: the same, with the assistant turn in the DeepSeek-R1 style
   ``<think>\\n{reasoning}\\n</think>\\n\\n{answer}`` (only QA records that carry reasoning);
-- ``preference``: ``prompt`` / ``chosen`` / ``rejected`` passed through.
+- ``preference``: ``prompt`` / ``chosen`` / ``rejected`` passed through, with the optional
+  safety labels ``chosen_safe`` / ``rejected_safe`` (null where the record has none).
 
 Every row also carries ``source``, ``group`` (mixture group), ``doc_id``, its position
 (``chunk_index``, ``char_start``, ``char_end`` for chunks), ``tokens``, ``language`` and
@@ -45,7 +46,9 @@ SCHEMAS = {
     "sft": pa.schema([("messages", pa.list_(MESSAGE))] + _COMMON),
     "cot": pa.schema([("messages", pa.list_(MESSAGE))] + _COMMON),
     "preference": pa.schema(
-        [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())] + _COMMON
+        [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+        + [("chosen_safe", pa.bool_()), ("rejected_safe", pa.bool_())]
+        + _COMMON
     ),
 }
 

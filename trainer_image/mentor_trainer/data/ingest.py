@@ -3,7 +3,8 @@
 Formats: plain text, Markdown, HTML (main content through trafilatura), PDF (pdfplumber),
 DOCX (python-docx), question-answer pairs in JSONL, JSON arrays or CSV (``question``/``answer``
 or ``instruction``/``output``, optional ``reasoning`` and ``id``), and preference pairs in JSONL
-(``prompt``/``chosen``/``rejected``, as strings); a served model's payload log
+(``prompt``/``chosen``/``rejected``, as strings, optional booleans ``chosenSafe``/``rejectedSafe``
+or ``chosen_safe``/``rejected_safe``); a served model's payload log
 (``payload-log``, read whole by :mod:`.traffic`).
 Text encodings are detected per file (UTF-8 with or without BOM, UTF-16 with BOM, and
 whatever charset-normalizer recognises; the GB2312/GBK family is decoded as GB18030, its
@@ -490,12 +491,28 @@ def _first(record: dict, keys: tuple[str, ...]) -> str | None:
     return None
 
 
+class InvalidRecord(ValueError):
+    """A record whose fields are there but malformed; the message says which."""
+
+
+def _safety_label(record: dict, camel: str, snake: str) -> bool | None:
+    value = record.get(camel, record.get(snake))
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRecord(f"{camel} is not a boolean: {str(value)[:40]!r}")
+    return value
+
+
 def record_from_dict(record: dict, fmt: str, rid: str, source, split_key: str) -> QARecord | PreferenceRecord | None:
-    """A QA or preference record from one JSON object / CSV row; None when fields are missing."""
+    """A QA or preference record from one JSON object / CSV row; None when fields are missing,
+    :class:`InvalidRecord` when a safety label is not a boolean."""
     if fmt in ("jsonl", "preference-jsonl") and "chosen" in record and "rejected" in record:
         prompt, chosen, rejected = (record.get(k) for k in ("prompt", "chosen", "rejected"))
         if all(isinstance(v, str) and v.strip() for v in (prompt, chosen, rejected)):
-            return PreferenceRecord(rid, source.name, source.group, prompt, chosen, rejected, split_key)
+            return PreferenceRecord(
+                rid, source.name, source.group, prompt, chosen, rejected, split_key,
+                chosen_safe=_safety_label(record, "chosenSafe", "chosen_safe"),
+                rejected_safe=_safety_label(record, "rejectedSafe", "rejected_safe"),
+            )
         return None
     if fmt == "preference-jsonl":
         return None
@@ -541,7 +558,11 @@ def _jsonl_records(blocks: Iterable[str], fmt: str, info, source) -> Iterator[Un
             yield Dropped(f"{info.uri}#L{number}", source.name, "invalid-record", "not an object", kind=QA)
             continue
         rid = _record_id(record, info.uri, number)
-        unit = record_from_dict(record, fmt, rid, source, split_key=split_key_of(info, source, rid))
+        try:
+            unit = record_from_dict(record, fmt, rid, source, split_key=split_key_of(info, source, rid))
+        except InvalidRecord as error:
+            yield Dropped(rid, source.name, "invalid-record", str(error), kind=PREFERENCE)
+            continue
         if unit is None:
             kind = PREFERENCE if "chosen" in record or fmt == "preference-jsonl" else QA
             yield Dropped(rid, source.name, "invalid-record", "missing fields", kind=kind)
@@ -567,7 +588,11 @@ def _json_array_records(data: bytes, info, source) -> Iterator[Unit | Dropped]:
             yield Dropped(f"{info.uri}#{number}", source.name, "invalid-record", "not an object", kind=QA)
             continue
         rid = _record_id(record, info.uri, number)
-        unit = record_from_dict(record, "jsonl", rid, source, split_key=split_key_of(info, source, rid))
+        try:
+            unit = record_from_dict(record, "jsonl", rid, source, split_key=split_key_of(info, source, rid))
+        except InvalidRecord as error:
+            yield Dropped(rid, source.name, "invalid-record", str(error), kind=PREFERENCE)
+            continue
         if unit is None:
             kind = PREFERENCE if "chosen" in record else QA
             yield Dropped(rid, source.name, "invalid-record", "missing fields", kind=kind)

@@ -441,7 +441,8 @@ class DataStage:
             return out, [], None
         if "preference" not in formats:
             return [], [], "format-not-requested"
-        return [("preference", self._preference(unit.prompt, unit.chosen, unit.rejected, common))], [], None
+        labels = {"chosen_safe": unit.chosen_safe, "rejected_safe": unit.rejected_safe}
+        return [("preference", self._preference(unit.prompt, unit.chosen, unit.rejected, common, labels))], [], None
 
     def _chat(self, question: str, answer: str, common: dict, tokens: int) -> dict:
         return {
@@ -451,13 +452,15 @@ class DataStage:
             "difficulty": self._difficulty(f"{question}\n{answer}", tokens),
         }
 
-    def _preference(self, prompt: str, chosen: str, rejected: str, common: dict) -> dict:
+    def _preference(self, prompt: str, chosen: str, rejected: str, common: dict, labels: dict | None = None) -> dict:
+        """``labels``: the pair's chosen_safe / rejected_safe (None where unlabelled)."""
         tok = self.tokenizer
         tokens = tok.count(prompt) + max(tok.count(chosen), tok.count(rejected))
         return {
             "prompt": prompt,
             "chosen": chosen,
             "rejected": rejected,
+            **(labels or {}),
             **common,
             "tokens": tokens,
             "difficulty": self._difficulty(f"{prompt}\n{chosen}", tokens),

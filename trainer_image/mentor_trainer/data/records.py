@@ -72,6 +72,9 @@ class PreferenceRecord(FlatRecord):
     language: str = ""
     format: str = "preference"
     kind: str = PREFERENCE
+    # optional safety labels of each answer (the reward model's safety head trains on them)
+    chosen_safe: bool | None = None
+    rejected_safe: bool | None = None
 
 
 
