@@ -18,6 +18,8 @@ import pytest
 from mentor_trainer.config.sft import SftStageConfig, TrainingResult
 from mentor_trainer.errors import StageError
 
+from .interrupt import Killed, kill_after_save, record_steps
+
 
 def make_config(tiny: Path, dataset: Path, out_dir: Path, **options) -> SftStageConfig:
     hyper = {
@@ -214,31 +216,6 @@ def test_trl_keeps_the_private_method_the_curriculum_overrides():
 # Checkpoints and resumption
 
 
-class Killed(Exception):
-    pass
-
-
-def _kill_after_save(step: int):
-    from transformers import TrainerCallback
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step >= step:
-                raise Killed(f"killed after the checkpoint of step {state.global_step}")
-
-    return Kill()
-
-
-def _record_steps(into: list):
-    from transformers import TrainerCallback
-
-    class Record(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            into.append(state.global_step)
-
-    return Record()
-
-
 def test_killed_run_resumes_from_last_checkpoint(tiny, dataset, tmp_path):
     options = dict(
         hyperparameters={"maxSteps": 8, "lrScheduler": "linear"},
@@ -250,12 +227,12 @@ def test_killed_run_resumes_from_last_checkpoint(tiny, dataset, tmp_path):
 
     output = tmp_path / "out"
     with pytest.raises(Killed):
-        run(make_config(tiny, dataset, output, **options), callbacks=(_kill_after_save(4),))
+        run(make_config(tiny, dataset, output, **options), callbacks=(kill_after_save(4),))
     assert (output / "checkpoints" / "checkpoint-4" / "optimizer.pt").is_file()
     assert not (output / "result.json").exists()
 
     steps: list[int] = []
-    resumed = run(make_config(tiny, dataset, output, **options), callbacks=(_record_steps(steps),))
+    resumed = run(make_config(tiny, dataset, output, **options), callbacks=(record_steps(steps),))
     assert steps[0] == 4 and steps[-1] == 7  # steps 5..8 only
     saved = json.loads((output / "result.json").read_text())
     assert saved["resumedFrom"] == "checkpoint-4"
@@ -266,7 +243,7 @@ def test_killed_run_resumes_from_last_checkpoint(tiny, dataset, tmp_path):
     # an edited spec on the same output does not resume from the old run's checkpoints
     steps.clear()
     changed = dict(options, hyperparameters={"maxSteps": 4, "lrScheduler": "linear", "learningRate": 0.005})
-    run(make_config(tiny, dataset, output, **changed), callbacks=(_record_steps(steps),))
+    run(make_config(tiny, dataset, output, **changed), callbacks=(record_steps(steps),))
     assert steps[0] == 0 and json.loads((output / "result.json").read_text())["resumedFrom"] is None
 
 
@@ -429,12 +406,12 @@ def test_s3_model_dataset_outputs_and_resume(tiny, dataset, tmp_path, monkeypatc
             )
 
         with pytest.raises(Killed):
-            run(config(), callbacks=(_kill_after_save(2),))
+            run(config(), callbacks=(kill_after_save(2),))
         assert storage.exists_complete(out + "checkpoints/checkpoint-2")
         assert storage.exists(out + "checkpoints/checkpoint-2/optimizer.pt")
 
         steps: list[int] = []
-        result = run(config(), callbacks=(_record_steps(steps),))  # a new pod: local disk is empty
+        result = run(config(), callbacks=(record_steps(steps),))  # a new pod: local disk is empty
         assert steps == [2, 3]
         assert result.adapter_uri == out + "adapter/"
         assert storage.exists_complete(out + "adapter")

@@ -42,8 +42,8 @@ ALGORITHMS = {
     "reward-model": "reward_model",
     "distill": "distill",
 }
-# logged values that describe the optimiser, not the model
-_NOT_RESULTS = ("learning_rate", "grad_norm", "epoch", "total_flos", "step")
+# logged values that describe the optimiser or the clock, not the model
+_NOT_RESULTS = ("learning_rate", "grad_norm", "epoch", "total_flos", "step", "runtime", "per_second", "preparation_time")
 
 
 def prepare(config: RLHFStageConfig, callbacks: tuple = (), reporter: ProgressReporter | None = None) -> Job:
@@ -109,21 +109,19 @@ def train(job: Job, tracker: Tracker) -> dict[str, float]:
     trainer = job.trainer
     metrics: dict[str, float] = {}
     if trainer.eval_dataset is not None:
-        base = _numbers(trainer.evaluate(metric_key_prefix="base_eval"))
+        base = _results(trainer.evaluate(metric_key_prefix="base_eval"))
         tracker.log_metrics(base, step=0)
         metrics.update(base)
     output = fit(job)
     metrics["train_loss"] = float(output.training_loss)
     history = [entry for entry in trainer.state.log_history if "train_runtime" not in entry]
     for entry in history:
-        for key, value in _numbers(entry).items():
-            if not key.startswith("eval_") and key not in _NOT_RESULTS:
-                metrics[key] = value
-    for key, value in _numbers(history[0] if history else {}).items():
+        metrics.update({k: v for k, v in _results(entry).items() if not k.startswith("eval_")})
+    for key, value in _results(history[0] if history else {}).items():
         if "reward" in key or "margin" in key:
             metrics[f"initial_{key}"] = value
     if trainer.eval_dataset is not None:
-        metrics.update(_numbers(trainer.evaluate()))
+        metrics.update(_results(trainer.evaluate()))
     metrics["steps"] = float(trainer.state.global_step)
     runtime = float(output.metrics.get("train_runtime") or 0.0)
     if runtime > 0:
@@ -132,8 +130,13 @@ def train(job: Job, tracker: Tracker) -> dict[str, float]:
     return metrics
 
 
-def _numbers(values: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+def _results(values: dict) -> dict[str, float]:
+    """The finite numbers in a log entry that describe the model."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and not any(n in k for n in _NOT_RESULTS)
+    }
 
 
 def run(config: RLHFStageConfig, callbacks: tuple = ()) -> TrainingResult:
