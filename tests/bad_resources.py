@@ -72,4 +72,33 @@ CASES = [
             _with("DomainDataset", sources=[{"name": "docs", "uri": "s3://b/docs/", "since": "2026-11-30T00:00:00Z"}]), "spec.sources[0].format"),
     BadCase("grpo-without-reward", "RLHFJob", _with("RLHFJob", algorithm="grpo"), "spec.rewardFunctions"),
     BadCase("policy-ref-and-model", "RLHFJob", _with("RLHFJob", policyModel="s3://m/p"), "spec.policyRef"),
+    BadCase(
+        "grpo-group-does-not-divide-batch",
+        "RLHFJob",
+        _with("RLHFJob", algorithm="grpo", rewardFunctions=[{"name": "format"}], hyperparameters={"perDeviceBatchSize": 6}),
+        "spec.generation.numGenerations",
+    ),
+    BadCase(
+        "grpo-one-generation",
+        "RLHFJob",
+        _with("RLHFJob", algorithm="grpo", rewardFunctions=[{"name": "format"}], generation={"numGenerations": 1}),
+        "spec.generation.numGenerations",
+    ),
+    BadCase("judge-without-endpoint", "RLHFJob", _with("RLHFJob", algorithm="grpo", rewardFunctions=[{"name": "judge"}]), "spec.rewardFunctions[0].judge"),
+    BadCase("unknown-reward-function", "RLHFJob", _with("RLHFJob", algorithm="grpo", rewardFunctions=[{"name": "vibes"}]), "spec.rewardFunctions[0].name"),
+    BadCase(
+        "reward-model-term-without-model",
+        "RLHFJob",
+        _with("RLHFJob", algorithm="grpo", rewardFunctions=[{"name": "reward-model"}]),
+        "spec.rewardFunctions",
+    ),
+    BadCase("orpo-with-reference", "RLHFJob", _with("RLHFJob", algorithm="orpo", referenceModel="s3://m/ref/"), "spec.referenceModel"),
+    BadCase("distill-without-teacher", "RLHFJob", _with("RLHFJob", algorithm="distill"), "spec.algorithm"),
+    BadCase(
+        "teacher-ref-and-model",
+        "RLHFJob",
+        _with("RLHFJob", algorithm="distill", teacherRef={"name": "ft"}, teacherModel="s3://m/t/"),
+        "spec.teacherRef",
+    ),
+    BadCase("reward-heads-all-zero", "RLHFJob", _with("RLHFJob", algorithm="reward-model", rewardHeads={"qualityWeight": 0, "safetyWeight": 0}), "spec.rewardHeads"),
 ]

@@ -113,6 +113,11 @@ class RLHFOptions(Spec):
             field_path=".generation.numGenerations",
         ),
         CelRule(
+            rule="self.algorithm != 'orpo' || !has(self.referenceModel)",
+            message="orpo uses no reference model",
+            field_path=".referenceModel",
+        ),
+        CelRule(
             rule="self.algorithm == 'distill' || !has(self.teacherModel)",
             message="teacherModel is used by algorithm distill only",
             field_path=".teacherModel",
