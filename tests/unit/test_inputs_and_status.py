@@ -106,3 +106,26 @@ def test_evaluation_verdict_becomes_the_passed_condition_and_message():
     passed = result_status(KINDS["Evaluation"], {"passed": True, "failedGates": []}, None, failed["conditions"], 4)
     assert passed["conditions"][0]["status"] == "True" and "message" not in passed
     assert "conditions" not in result_status(KINDS["FineTuneJob"], {"passed": True}, "s3://b/o", [], 1)
+
+
+def test_rlhf_job_resolves_policy_reward_model_and_teacher_from_other_jobs():
+    spec = {
+        "algorithm": "grpo",
+        "policyRef": {"name": "ft"},
+        "rewardModelRef": {"kind": "RLHFJob", "name": "rm"},
+        "rewardFunctions": [{"name": "reward-model"}],
+        "datasetRef": {"name": "docs"},
+    }
+    objects = {
+        ("FineTuneJob", "ft"): {"status": {"phase": "Succeeded", "modelUri": "s3://a/ft/model/"}},
+        ("RLHFJob", "rm"): {"status": {"phase": "Running"}},
+        ("DomainDataset", "docs"): {"status": {"phase": "Succeeded", "outputUri": "s3://a/docs/"}},
+    }
+    r = resolve_inputs("RLHFJob", spec, lookup_from(objects))
+    assert r.waiting == ["spec.rewardModelRef: RLHFJob 'rm' is Running, waiting for Succeeded"]
+    objects[("RLHFJob", "rm")] = {"status": {"phase": "Succeeded", "modelUri": "s3://a/rm/model/"}}
+    r = resolve_inputs("RLHFJob", spec, lookup_from(objects))
+    assert r.ready and r.values["policy_model"] == "s3://a/ft/model/" and r.values["reward_model"] == "s3://a/rm/model/"
+
+    distill = {"algorithm": "distill", "policyModel": "s3://m/small/", "teacherRef": {"name": "ft"}, "datasetRef": {"name": "docs"}}
+    assert resolve_inputs("RLHFJob", distill, lookup_from(objects)).values["teacher_model"] == "s3://a/ft/model/"
