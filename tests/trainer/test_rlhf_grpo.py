@@ -34,6 +34,7 @@ from mentor_trainer.train.rlhf.rewards import (
     prefilled_opening,
     reward_terms,
 )
+from mentor_trainer.train.rlhf.scoring import REWARD_FILE, reward_file
 from tests.trainer.test_data_synthesis import TeacherServer, closed_port, url_of
 
 WORD = "茶"  # "tea": the untrained tiny model writes it in roughly a quarter of its completions
@@ -142,7 +143,7 @@ def reward_model(tiny, tmp_path_factory) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / rewards.REWARD_HEADS_FILE).write_text(json.dumps({"qualityWeight": 1.0, "safetyWeight": 0.5}))
+    (out / REWARD_FILE).write_text(reward_file(quality_weight=1.0, safety_weight=0.5))
     return out
 
 

@@ -22,10 +22,10 @@ from ...errors import StageError
 from ...evaluate.metrics import contains_fact, exact_match, token_f1
 from ...evaluate.text import THINK_CLOSE, THINK_OPEN, extract_answer, is_well_formed
 from .context import RlhfRun
+from .scoring import REWARD_FILE
 
 RewardFn = Callable[..., list]
 MATCHES = ("exact", "numeric", "f1")
-REWARD_HEADS_FILE = "mentor-reward.json"  # the reward-model algorithm's head weights beside its weights
 SCORING_BATCH = 8  # texts per reward-model forward pass
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
 
@@ -257,13 +257,13 @@ def _head_weights(run: RlhfRun, local_dir, num_labels: int, uri: str):
         )
     heads = run.config.reward_heads
     weights = {"qualityWeight": heads.quality_weight, "safetyWeight": heads.safety_weight}
-    saved = local_dir / REWARD_HEADS_FILE
+    saved = local_dir / REWARD_FILE
     if saved.is_file():
         try:
             weights.update({k: float(v) for k, v in json.loads(saved.read_text()).items() if k in weights})
         except (ValueError, TypeError, AttributeError) as error:
             raise StageError(
-                f"the reward model (spec.rewardModel) {uri} has an unreadable {REWARD_HEADS_FILE}: {error}"
+                f"the reward model (spec.rewardModel) {uri} has an unreadable {REWARD_FILE}: {error}"
             ) from None
     return torch.tensor([weights["qualityWeight"], weights["safetyWeight"]])
 
