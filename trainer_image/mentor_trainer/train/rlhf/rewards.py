@@ -10,7 +10,6 @@ that would train the policy on a broken signal.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from ...errors import StageError
 from ...evaluate.metrics import contains_fact, exact_match, token_f1
 from ...evaluate.text import THINK_CLOSE, THINK_OPEN, extract_answer, is_well_formed
 from .context import RlhfRun
-from .scoring import REWARD_FILE
+from .scoring import load_scorer
 
 RewardFn = Callable[..., list]
 MATCHES = ("exact", "numeric", "f1")
@@ -200,72 +199,21 @@ def judge_prompt(question: str, answer: str, reference: str | None) -> str:
 
 
 def _reward_model_term(spec, label, run, prefill: str) -> tuple[RewardFn, str]:
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from ...models import load_model_and_tokenizer
-
     uri = run.config.reward_model
-    try:
-        loaded = load_model_and_tokenizer(
-            uri,
-            trust_remote_code=run.config.trust_remote_code,
-            dtype=run.dtype,
-            purpose="reward model (spec.rewardModel)",
-            model_class=AutoModelForSequenceClassification,
-        )
-    except StageError:
-        raise
-    except Exception as error:  # noqa: BLE001 - anything else that stops it loading
-        raise StageError(
-            f"cannot load the reward model (spec.rewardModel) {uri}: {type(error).__name__}: {str(error)[:300]}"
-        ) from None
-    model, tokenizer = loaded.model, loaded.tokenizer
-    heads = _head_weights(run, loaded.local_dir, model.config.num_labels, uri)
-    model.to(run.device).eval().requires_grad_(False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
-    template = tokenizer if getattr(tokenizer, "chat_template", None) else run.tokenizer
+    score_texts = load_scorer(
+        uri,
+        run.config.reward_heads,
+        purpose="reward model (spec.rewardModel)",
+        trust_remote_code=run.config.trust_remote_code,
+        dtype=run.dtype,
+        device=run.device,
+        batch_size=SCORING_BATCH,
+    )
 
     def score(prompts, completions, **_):
-        texts = [
-            template.apply_chat_template(p + c, tokenize=False) if isinstance(p, list) else text_of(p) + text_of(c)
-            for p, c in zip(prompts, completions)
-        ]
-        scores: list[float] = []
-        for start in range(0, len(texts), SCORING_BATCH):
-            batch = tokenizer(texts[start : start + SCORING_BATCH], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                logits = model(**batch.to(run.device)).logits.float().cpu()
-            scores.extend((logits @ heads).tolist())
-        return scores
+        return score_texts([p + c if isinstance(p, list) else text_of(p) + text_of(c) for p, c in zip(prompts, completions)])
 
     return score, f"the reward model {uri}"
-
-
-def _head_weights(run: RlhfRun, local_dir, num_labels: int, uri: str):
-    """One head: its logit. Two (quality, safety): the weights the reward model was trained
-    with (its mentor-reward.json), else spec.rewardHeads."""
-    import torch
-
-    if num_labels == 1:
-        return torch.ones(1)
-    if num_labels != 2:
-        raise StageError(
-            f"the reward model (spec.rewardModel) {uri} has {num_labels} outputs: expected 1 or 2 (quality, safety)"
-        )
-    heads = run.config.reward_heads
-    weights = {"qualityWeight": heads.quality_weight, "safetyWeight": heads.safety_weight}
-    saved = local_dir / REWARD_FILE
-    if saved.is_file():
-        try:
-            weights.update({k: float(v) for k, v in json.loads(saved.read_text()).items() if k in weights})
-        except (ValueError, TypeError, AttributeError) as error:
-            raise StageError(
-                f"the reward model (spec.rewardModel) {uri} has an unreadable {REWARD_FILE}: {error}"
-            ) from None
-    return torch.tensor([weights["qualityWeight"], weights["safetyWeight"]])
 
 
 BUILDERS = {
