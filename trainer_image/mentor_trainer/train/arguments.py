@@ -49,7 +49,6 @@ def sft_arguments(
             **training_arguments(config, checkpoint_dir, precision, device),
             **dict(
                 max_length=hp.max_seq_length,
-                activation_checkpointing=hp.gradient_checkpointing,
                 packing=config.data.packing,
                 packing_strategy="bfd",
                 completion_only_loss=completion_only,
@@ -95,6 +94,9 @@ def training_arguments(config, checkpoint_dir: Path, precision: str, device: str
         weight_decay=hp.weight_decay,
         seed=hp.seed,
         data_seed=hp.seed,
+        # the spec decides (TRL's configs default to on: slower steps, and generation without
+        # a KV cache for the online algorithms)
+        activation_checkpointing=hp.gradient_checkpointing,
         save_strategy="steps",
         save_steps=config.checkpointing.every_steps,
         save_total_limit=config.checkpointing.keep_last,
