@@ -17,12 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 QUICKSTART = ROOT / "examples/quickstart"
+RLHF = ROOT / "examples/rlhf"
 HELDOUT = [json.loads(line) for line in (ROOT / "examples/corpus/eval/heldout.jsonl").read_text().splitlines()]
 
 
-def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict]) -> Path:
-    """The quickstart's files with ``base_model`` in place of the converted SmolLM2, relative
-    file:// URIs made absolute, and ``overrides`` (kind -> spec fields) merged into the specs."""
+def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict], source: Path = QUICKSTART) -> Path:
+    """The quickstart's files (or another example directory's) with ``base_model`` in place of
+    the converted SmolLM2, relative file:// URIs made absolute, and ``overrides`` (kind -> spec
+    fields) merged into the specs."""
 
     def rewrite(value):
         if isinstance(value, dict):
@@ -31,7 +33,7 @@ def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict]) 
             return [rewrite(v) for v in value]
         if isinstance(value, str) and value.startswith("file://") and not value.startswith("file:///"):
             # normpath, not resolve: .mentor/smollm2 is a link into the model cache after `make demo`
-            path = Path(os.path.normpath(QUICKSTART / value.removeprefix("file://")))
+            path = Path(os.path.normpath(source / value.removeprefix("file://")))
             return base_model.as_uri() + "/" if path == ROOT / ".mentor/smollm2" else path.as_uri() + "/" * value.endswith("/")
         return value
 
@@ -41,7 +43,7 @@ def quickstart_copy(target: Path, base_model: Path, overrides: dict[str, dict]) 
         return spec
 
     target.mkdir(parents=True)
-    for path in QUICKSTART.glob("*.yaml"):
+    for path in source.glob("*.yaml"):
         document = rewrite(yaml.safe_load(path.read_text()))
         merge(document["spec"], overrides.get(document["kind"], {}))
         (target / path.name).write_text(yaml.safe_dump(document))
@@ -185,6 +187,36 @@ def test_quickstart_on_the_real_model_scores_heldout_answers(tmp_path, capsys):
     assert document["pairedExamples"]["qa.fact"] == document["pairedExamples"]["retrieval.rag_f1"] == 8
     for metric in ("qa.fact", "qa.f1", "retrieval.rag_fact", "retrieval.rag_f1"):
         assert 0 <= evaluation["metrics"][metric] <= 1 and 0 < evaluation["comparison"][metric]["pValue"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # seven stages as subprocesses (about 5 minutes on 2 shared cores)
+def test_rlhf_examples_run_after_the_quickstart(tmp_path, capsys):
+    """examples/rlhf/ on the quickstart's output with the tiny model, each job cut to a few
+    steps: preference data, DPO, GRPO, a reward model, PPO on it (a reference across RLHFJobs)
+    and distillation from the FineTuneJob all run through `mentor run` and publish a model."""
+    from mentor_trainer.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "tiny")
+    short = {"hyperparameters": {"maxSteps": 2, "maxSeqLength": 256, "perDeviceBatchSize": 4},
+             "generation": {"numGenerations": 4, "maxNewTokens": 8}}
+    quickstart = quickstart_copy(tmp_path / "quickstart", tiny, {
+        "FineTuneJob": {"method": "lora", "lora": {"r": 8, "alpha": 16}, "hyperparameters": {"maxSteps": 2, "maxSeqLength": 256}},
+    })
+    for name in ("evaluation.yaml", "deployment.yaml"):  # not needed here
+        (quickstart / name).unlink()
+    rlhf = quickstart_copy(tmp_path / "rlhf", tiny, {"RLHFJob": short}, source=RLHF)
+    root = tmp_path / "run"
+    assert main(["run", "-f", str(quickstart), "-f", str(rlhf), "--root", str(root)]) == 0, capsys.readouterr().out[-3000:]
+    out = capsys.readouterr().out
+    for name in ("quickstart-dpo", "quickstart-grpo", "quickstart-reward-model", "quickstart-ppo", "quickstart-distill"):
+        assert f"<== RLHFJob/{name}: Succeeded" in out
+        status = json.loads((root / f"status/rlhfjob-{name}.json").read_text())["status"]
+        assert Path(status["modelUri"].removeprefix("file://"), "config.json").is_file(), status
+        assert status["metrics"]["steps"] == 2
+    ppo = json.loads((root / "configs/rlhfjob-quickstart-ppo-rlhf.json").read_text())
+    reward_model = json.loads((root / "status/rlhfjob-quickstart-reward-model.json").read_text())["status"]
+    assert ppo["rewardModel"] == reward_model["modelUri"]
 
 
 def test_heldout_questions_never_reach_training(tmp_path):
