@@ -16,6 +16,8 @@ from mentor_trainer.config.rlhf import RLHFStageConfig
 from mentor_trainer.errors import StageError
 from mentor_trainer.tiny_model import build_tiny_model
 
+from .rlhf_config import rlhf_config, run
+
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
@@ -24,36 +26,14 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def make_config(tiny: Path, teacher: Path, dataset: Path, out_dir: Path, **options) -> RLHFStageConfig:
-    hyper = {
-        "maxSteps": 30,
-        "learningRate": 5e-3,
-        "lrScheduler": "constant",
-        "warmupRatio": 0.0,
-        "perDeviceBatchSize": 4,
-        "maxSeqLength": 256,
-        "seed": 3,
-        **options.pop("hyperparameters", {}),
-    }
-    wire = {
-        "run": {"kind": "RLHFJob", "name": "tea-distilled", "namespace": "tests"},
-        "outputUri": out_dir.as_uri(),
-        "policyModel": tiny.as_uri(),
+    defaults = {
+        "name": "tea-distilled",
         "teacherModel": teacher.as_uri(),
-        "datasetUri": dataset.as_uri(),
         "algorithm": "distill",
         "method": "full",
         "distillation": {"divergence": 0.5, "onPolicyFraction": 0.0},
-        "hyperparameters": hyper,
-        "checkpointing": {"everySteps": 100},
     }
-    wire.update(options)
-    return RLHFStageConfig.model_validate(wire)
-
-
-def run(config):
-    from mentor_trainer.train.rlhf import run as rlhf_run
-
-    return rlhf_run(config)
+    return rlhf_config(tiny, dataset, out_dir, **{**defaults, **options})
 
 
 def test_distillation_lowers_the_held_out_divergence(tiny, teacher, dataset, tmp_path):

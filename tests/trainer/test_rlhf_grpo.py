@@ -37,24 +37,14 @@ from mentor_trainer.train.rlhf.rewards import (
 from mentor_trainer.train.rlhf.scoring import REWARD_FILE, reward_file
 from tests.trainer.test_data_synthesis import TeacherServer, closed_port, url_of
 
+from .rlhf_config import rlhf_config, run
+
 WORD = "茶"  # "tea": the untrained tiny model writes it in roughly a quarter of its completions
 
 
 def make_config(tiny: Path, dataset: Path, out_dir: Path, algorithm: str = "grpo", **options) -> RLHFStageConfig:
-    hyper = {
-        "maxSteps": 30,
-        "learningRate": 0.005,
-        "lrScheduler": "constant",
-        "warmupRatio": 0.0,
-        "perDeviceBatchSize": 16,
-        "seed": 3,
-        **options.pop("hyperparameters", {}),
-    }
-    wire = {
-        "run": {"kind": "RLHFJob", "name": "tea-rl", "namespace": "tests"},
-        "outputUri": out_dir.as_uri(),
-        "policyModel": tiny.as_uri(),
-        "datasetUri": dataset.as_uri(),
+    defaults = {
+        "name": "tea-rl",
         "algorithm": algorithm,
         # all weights: LoRA on the blocks moves the tiny model's word choice too slowly for a
         # test's budget, and TRL's GRPO does not train an adapter on lm_head
@@ -62,12 +52,11 @@ def make_config(tiny: Path, dataset: Path, out_dir: Path, algorithm: str = "grpo
         "beta": 0.01,
         "rewardFunctions": [{"name": "keywords", "params": {"keywords": WORD}}],
         "generation": {"numGenerations": 8, "maxNewTokens": 16, "temperature": 1.0},
-        "hyperparameters": hyper,
         "checkpointing": {"everySteps": 1000},
         "output": {"mergeAdapter": False},
     }
-    wire.update(options)
-    return RLHFStageConfig.model_validate(wire)
+    hyperparameters = {"learningRate": 0.005, "perDeviceBatchSize": 16, "maxSeqLength": 2048, **options.pop("hyperparameters", {})}
+    return rlhf_config(tiny, dataset, out_dir, **{**defaults, "hyperparameters": hyperparameters, **options})
 
 
 class Curve(TrainerCallback):
@@ -87,8 +76,6 @@ def mean(values: list[float]) -> float:
 
 
 def train(config: RLHFStageConfig, curve: Curve):
-    from mentor_trainer.train.rlhf.stage import run
-
     return run(config, callbacks=(curve,))
 
 

@@ -20,37 +20,11 @@ from mentor_trainer.errors import StageError
 
 from .interrupt import Killed, kill_after_save, record_steps
 
+from .rlhf_config import rlhf_config, run
+
 
 def make_config(tiny: Path, dataset: Path, out_dir: Path, **options) -> RLHFStageConfig:
-    hyper = {
-        "maxSteps": 30,
-        "learningRate": 5e-3,
-        "lrScheduler": "constant",
-        "warmupRatio": 0.0,
-        "perDeviceBatchSize": 4,
-        "maxSeqLength": 256,
-        "seed": 3,
-        **options.pop("hyperparameters", {}),
-    }
-    wire = {
-        "run": {"kind": "RLHFJob", "name": "tea-aligned", "namespace": "tests"},
-        "outputUri": out_dir.as_uri(),
-        "policyModel": tiny.as_uri(),
-        "datasetUri": dataset.as_uri(),
-        "algorithm": "dpo",
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "hyperparameters": hyper,
-        "checkpointing": {"everySteps": 100},
-        "output": {"mergeAdapter": False},
-    }
-    wire.update(options)
-    return RLHFStageConfig.model_validate(wire)
-
-
-def run(config, callbacks=()):
-    from mentor_trainer.train.rlhf import run as rlhf_run
-
-    return rlhf_run(config, callbacks=callbacks)
+    return rlhf_config(tiny, dataset, out_dir, **{"algorithm": "dpo", "output": {"mergeAdapter": False}, **options})
 
 
 # --------------------------------------------------------------------------------------

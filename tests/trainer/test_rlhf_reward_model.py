@@ -17,6 +17,8 @@ import pytest
 from mentor_trainer.config.rlhf import RLHFStageConfig
 from mentor_trainer.errors import StageError
 
+from .rlhf_config import rlhf_config, run
+
 TOPICS = [
     "the tea garden", "the spring harvest", "the drying room", "the grading table", "the storage shed",
     "the valley road", "the water tank", "the seedling nursery", "the packing line", "the tasting room",
@@ -70,35 +72,8 @@ def safety_dataset(tmp_path_factory) -> Path:
 
 
 def make_config(tiny: Path, dataset: Path, out_dir: Path, **options) -> RLHFStageConfig:
-    hyper = {
-        "maxSteps": 30,
-        "learningRate": 5e-3,
-        "lrScheduler": "constant",
-        "warmupRatio": 0.0,
-        "perDeviceBatchSize": 4,
-        "maxSeqLength": 256,
-        "seed": 3,
-        **options.pop("hyperparameters", {}),
-    }
-    wire = {
-        "run": {"kind": "RLHFJob", "name": "tea-reward", "namespace": "tests"},
-        "outputUri": out_dir.as_uri(),
-        "policyModel": tiny.as_uri(),
-        "datasetUri": dataset.as_uri(),
-        "algorithm": "reward-model",
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "hyperparameters": hyper,
-        "checkpointing": {"everySteps": 100},
-        "output": {"mergeAdapter": True},
-    }
-    wire.update(options)
-    return RLHFStageConfig.model_validate(wire)
-
-
-def run(config):
-    from mentor_trainer.train.rlhf import run as rlhf_run
-
-    return rlhf_run(config)
+    defaults = {"name": "tea-reward", "algorithm": "reward-model", "output": {"mergeAdapter": True}}
+    return rlhf_config(tiny, dataset, out_dir, **{**defaults, **options})
 
 
 def test_safety_labels_reach_the_dataset_rows(safety_dataset):
