@@ -42,6 +42,9 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
                          "scheduling": {"nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}], "podAnnotations": {"a": "b"}}},
          {"base_model": "s3://m/b/", "dataset_uri": "s3://a/d/"}, True),
         ("RLHFJob", {"algorithm": "dpo", "policyModel": "s3://m/p/", "datasetRef": {"name": "d"}}, {"policy_model": "s3://m/p/", "dataset_uri": "s3://a/d/"}, False),
+        ("RLHFJob", {"algorithm": "ppo", "policyRef": {"name": "ft"}, "rewardModelRef": {"kind": "RLHFJob", "name": "rm"}, "datasetRef": {"name": "d"},
+                     "distributed": {"nodes": 2, "gpusPerNode": 2}},
+         {"policy_model": "s3://m/p/", "reward_model": "s3://m/rm/", "dataset_uri": "s3://a/d/"}, False),
         ("Evaluation", {"modelUri": "s3://m/x/", "datasetRef": {"name": "d"}}, {"model_uri": "s3://m/x/", "dataset_uri": "s3://a/d/"}, False),
     ]
     objects = []
