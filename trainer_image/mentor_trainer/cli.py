@@ -60,9 +60,34 @@ def termination_log() -> Path | None:
 
 
 def write_termination(message: str) -> None:
+    """``message`` as the termination message, cut to Kubernetes' limit in bytes (not
+    characters) at a character boundary, keeping its start (where the cause is named)."""
     path = termination_log()
     if path is not None:
-        path.write_text(message[-MAX_MESSAGE:] if len(message) > MAX_MESSAGE else message)
+        path.write_bytes(message.encode()[:MAX_MESSAGE].decode(errors="ignore").encode())
+
+
+def result_message(wire: dict) -> str:
+    """A result as JSON that fits the termination message. A result too large (hundreds of
+    metrics) loses entries of its largest mapping fields, last keys first, rather than being
+    cut into JSON that does not parse; the full result is in the stage's result.json. The
+    fields cut are named under "truncated" (which the status ignores)."""
+    wire = json.loads(json.dumps(wire))
+    cut: set[str] = set()
+
+    def encoded() -> str:
+        return json.dumps({**wire, **({"truncated": sorted(cut)} if cut else {})}, separators=(",", ":"), sort_keys=True)
+
+    while len(encoded().encode()) > MAX_MESSAGE:
+        mappings = [k for k, v in wire.items() if isinstance(v, dict) and v]
+        if mappings:
+            largest = max(mappings, key=lambda k: len(json.dumps(wire[k])))
+            wire[largest].pop(sorted(wire[largest])[-1])
+        else:  # no mapping left to shorten: drop the longest field
+            largest = max(wire, key=lambda k: len(json.dumps(wire[k])))
+            del wire[largest]
+        cut.add(largest)
+    return encoded()
 
 
 def load_config(stage: str, args: argparse.Namespace):
@@ -150,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         write_termination(f"{type(error).__name__}: {error}")
         return EXIT_TRANSIENT
     wire = result.to_wire()
-    write_termination(json.dumps(wire, separators=(",", ":"), sort_keys=True))
+    write_termination(result_message(wire))
     print(json.dumps(wire, indent=2, sort_keys=True))
     return 0
 
