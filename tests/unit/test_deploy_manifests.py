@@ -292,7 +292,8 @@ def check_operator_deployment(dep: dict[str, Any], objs) -> None:
     check_restricted("operator", pod)
     (c,) = [c for c in pod["containers"] if c["name"] == "operator"]
     cmd = c["command"]
-    assert cmd[:2] == ["mentor", "operator"] and "--all-namespaces" in cmd
+    # no scope flag: MENTOR_NAMESPACES in the settings decides (empty: every namespace)
+    assert cmd[:2] == ["mentor", "operator"] and "--all-namespaces" not in cmd and "--namespace" not in cmd
     liveness_url = cmd[cmd.index("--liveness") + 1]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     probe = c["livenessProbe"]["httpGet"]
@@ -564,6 +565,16 @@ def test_helm_template(variant: str) -> None:
         for key in ("MENTOR_S3_ENDPOINT", "MENTOR_MLFLOW_TRACKING_URI"):
             assert settings[key].split("://", 1)[1].split(":", 1)[0] in services
         find(objs, "ServiceMonitor")
+
+
+def test_helm_watched_namespaces_come_from_settings() -> None:
+    HELM_VARIANTS["namespaces"] = ["--set=settings.MENTOR_NAMESPACES=team-a\\,team-b"]
+    objs = helm_template("namespaces")
+    settings = find(objs, "ConfigMap", prefix="mentor-operator-settings")["data"]
+    assert settings["MENTOR_NAMESPACES"] == "team-a,team-b"
+    from mentor_operator.settings import Settings
+
+    assert Settings.from_env({"MENTOR_NAMESPACES": settings["MENTOR_NAMESPACES"]}).namespaces == ["team-a", "team-b"]
 
 
 # --- monitoring: alerts, the serving PodMonitor, the Grafana dashboard -----------------------
