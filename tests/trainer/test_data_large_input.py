@@ -62,3 +62,41 @@ def test_200_mb_text_file_is_streamed_in_bounded_memory(tmp_path):
     peak_mb = int(run.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
     # reading the file whole would take >= 400 MB for its bytes and its text alone
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_lines_are_split_once_and_an_over_long_line_keeps_only_its_length():
+    from mentor_trainer.data.ingest import LongLine, _lines
+
+    blocks = ["a\nbb", "b", "b\n", "c" * 10, "c" * 10, "\nd"]
+    assert list(_lines(blocks, limit=15)) == ["a", "bbbb", LongLine(20), "d"]
+    assert list(_lines(["x" * 30], limit=15)) == [LongLine(30)]  # the last line, unterminated
+    assert list(_lines(["", "\n", "e"], limit=15)) == ["", "e"]
+
+
+def test_a_huge_record_line_and_a_zip_bomb_are_skipped_and_counted(tmp_path, monkeypatch):
+    import zipfile
+
+    from mentor_trainer.data import ingest
+    from mentor_trainer.data.ingest import Dropped, iter_source
+
+    monkeypatch.setattr(ingest, "MAX_LINE_CHARS", 1 << 20)
+    monkeypatch.setattr(ingest, "MAX_PARSED_BYTES", 8 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    good = {"question": "Where is the tea grown?", "answer": "In the valley."}
+    with open(src / "qa.jsonl", "w") as f:  # a 3 MB record between two good ones, on one line
+        f.write(json.dumps(good) + "\n" + json.dumps({"question": "q" * (3 << 20), "answer": "a"}) + "\n" + json.dumps(good) + "\n")
+    (src / "rows.csv").write_text("question,answer\n" + "What?,That.\n" + "x" * (2 << 20) + ",y\n")
+    with zipfile.ZipFile(src / "bomb.docx", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"\0" * (16 << 20))  # 16 MB of zeros, ~16 KB packed
+    assert (src / "bomb.docx").stat().st_size < 100_000
+
+    from mentor_trainer.config.data import Source
+
+    units = list(iter_source(Source(name="src", uri=src.as_uri())))
+    dropped = [(u.id.rsplit("/", 1)[-1], u.reason) for u in units if isinstance(u, Dropped)]
+    assert ("qa.jsonl#L2", "too-large") in dropped
+    assert ("rows.csv", "too-large") in dropped
+    assert ("bomb.docx", "too-large") in dropped
+    kept = [u for u in units if not isinstance(u, Dropped)]
+    assert len(kept) == 3  # the two good JSONL records and the good CSV row

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_CHARS = int(os.environ.get("MENTOR_DATA_MAX_DOCUMENT_CHARS", 1_000_000))
 # PDF, DOCX and HTML are parsed whole; larger files are skipped as too-large.
 MAX_PARSED_BYTES = int(os.environ.get("MENTOR_DATA_MAX_PARSED_BYTES", 256 << 20))
+# A record (a JSONL or CSV line) longer than this is skipped as too-large, unread.
+MAX_LINE_CHARS = int(os.environ.get("MENTOR_DATA_MAX_LINE_CHARS", 16 << 20))
 SNIFF_BYTES = 64 << 10
 READ_BLOCK = 1 << 20
 
@@ -330,6 +332,10 @@ def _parsed(fmt: str, data: bytes, info, source) -> Iterator[Unit | Dropped]:
         if fmt == "pdf":
             text = pdf_to_text(data)
         elif fmt == "docx":
+            unpacked = _unpacked_size(data)
+            if unpacked > MAX_PARSED_BYTES:  # a zip bomb is small on disk and huge in memory
+                yield Dropped(info.uri, source.name, "too-large", f"unpacks to {unpacked} bytes > {MAX_PARSED_BYTES}")
+                return
             text = docx_to_text(data)
         else:
             if looks_binary(data[:SNIFF_BYTES]):
@@ -379,6 +385,18 @@ def pdf_to_text(data: bytes) -> str:
             raise _Encrypted() from None
         raise
     return "\n\n".join(pages)
+
+
+def _unpacked_size(data: bytes) -> int:
+    """The bytes a zip container (DOCX) unpacks to, from its directory; 0 when it is not a zip
+    (the DOCX parser then says what is wrong)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return 0
 
 
 def docx_to_text(data: bytes) -> str:
@@ -473,14 +491,35 @@ def _html_fallback(html: str) -> str:
 # Question-answer and preference records
 
 
-def _lines(blocks: Iterable[str]) -> Iterator[str]:
-    pending = ""
+class LongLine(int):
+    """A line over MAX_LINE_CHARS, in place of its text: its length in characters."""
+
+
+def _lines(blocks: Iterable[str], limit: int | None = None) -> Iterator[str | LongLine]:
+    """The lines of a stream of text blocks. Each block is split once (a line spanning many
+    blocks is joined once, not re-split per block: linear in the input); a line longer than
+    ``limit`` characters is not kept, only its length (a LongLine)."""
+    limit = limit or MAX_LINE_CHARS
+    parts: list[str] = []  # the line being read
+    length = 0
+
+    def finish(tail: str) -> str | LongLine:
+        line = LongLine(length + len(tail)) if length + len(tail) > limit else "".join(parts) + tail
+        parts.clear()
+        return line
+
     for block in blocks:
-        pending += block
-        *lines, pending = pending.split("\n")
-        yield from lines
-    if pending:
-        yield pending
+        *complete, rest = block.split("\n")
+        for n, piece in enumerate(complete):
+            yield finish(piece) if n == 0 else (LongLine(len(piece)) if len(piece) > limit else piece)
+            length = 0
+        length += len(rest)
+        if length <= limit:
+            parts.append(rest)
+        else:
+            parts.clear()  # over the limit: only its length is kept
+    if length:
+        yield finish("")
 
 
 def _first(record: dict, keys: tuple[str, ...]) -> str | None:
@@ -545,6 +584,10 @@ def _record_id(record: dict, uri: str, line: int) -> str:
 def _jsonl_records(blocks: Iterable[str], fmt: str, info, source) -> Iterator[Unit | Dropped]:
     total = 0
     for number, line in enumerate(_lines(blocks), start=1):
+        if isinstance(line, LongLine):
+            total += 1
+            yield Dropped(f"{info.uri}#L{number}", source.name, "too-large", f"line of {int(line)} characters > {MAX_LINE_CHARS}", kind=QA)
+            continue
         line = line.strip()
         if not line:
             continue
@@ -601,10 +644,21 @@ def _json_array_records(data: bytes, info, source) -> Iterator[Unit | Dropped]:
 
 
 def _csv_records(blocks: Iterable[str], info, source) -> Iterator[Unit | Dropped]:
-    reader = csv.DictReader(_lines(blocks))
+    too_long: list[int] = []
+
+    def kept_lines() -> Iterator[str]:
+        for line in _lines(blocks):
+            if isinstance(line, LongLine):
+                too_long.append(int(line))
+            else:
+                yield line
+
+    reader = csv.DictReader(kept_lines())
     total = 0
     try:
         for number, row in enumerate(reader, start=2):
+            while too_long:
+                yield Dropped(info.uri, source.name, "too-large", f"row of {too_long.pop()} characters > {MAX_LINE_CHARS}", kind=QA)
             total += 1
             row = {(k or "").strip().lower(): v for k, v in row.items() if isinstance(v, str)}
             rid = _record_id(row, info.uri, number)
@@ -616,7 +670,9 @@ def _csv_records(blocks: Iterable[str], info, source) -> Iterator[Unit | Dropped
     except csv.Error as error:
         yield Dropped(info.uri, source.name, "corrupt", f"csv: {error}", kind=QA)
         return
-    if total == 0:
+    for length in too_long:
+        yield Dropped(info.uri, source.name, "too-large", f"row of {length} characters > {MAX_LINE_CHARS}", kind=QA)
+    if total == 0 and not too_long:
         yield Dropped(info.uri, source.name, "empty", "no rows", kind=QA)
 
 
