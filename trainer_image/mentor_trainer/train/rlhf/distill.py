@@ -68,7 +68,7 @@ def build(run: RlhfRun) -> Built:
                 "onPolicyFraction": distillation.on_policy_fraction,
                 "temperature": distillation.temperature,
             },
-            "skippedByReason": dict(train.skipped),
+            "skipped": dict(train.skipped),
         },
         card_lines=[
             f"- Distilled from `{teacher_uri}` (TRL GKD): generalized JSD beta {distillation.divergence} "

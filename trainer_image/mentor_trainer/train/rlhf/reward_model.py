@@ -66,7 +66,7 @@ def build(run: RlhfRun) -> Built:
         notes={
             "rewardHeads": {"qualityWeight": heads.quality_weight, "safetyWeight": heads.safety_weight},
             "safetyLabels": labelled,
-            "skippedByReason": dict(train.skipped),
+            "skipped": dict(train.skipped),
         },
         card_lines=[
             f"- Reward model: one backbone, heads {list(HEADS)}; score = {heads.quality_weight} x quality + "
