@@ -11,6 +11,7 @@ from mentor_trainer.timestamps import utc_now
 from pydantic import ValidationError
 
 from .api import KindApi
+from .builders.job import STAGE_CONTAINER, TRAINJOB_REPLICATED_JOB
 
 log = logging.getLogger("mentor.status")
 
@@ -89,13 +90,17 @@ def runner_state(runner: dict[str, Any] | None) -> RunnerState:
 
 
 def pod_termination(pods: list[dict[str, Any]], phase: str) -> tuple[str, str] | None:
-    """(reason, message) of the newest pod in `phase` that left a termination message.
-    The trainer writes its error (on failure) or its result JSON (on success) there."""
+    """(reason, message) of the newest pod in `phase` whose stage container left a termination
+    message. The trainer writes its error (on failure) or its result JSON (on success) there;
+    other containers (sidecars a mesh or a policy injects) are not read, so they can neither
+    hide nor forge the stage's result."""
     best: tuple[str, tuple[str, str]] | None = None
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != phase:
             continue
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            if container.get("name") not in (STAGE_CONTAINER, TRAINJOB_REPLICATED_JOB):
+                continue
             terminated = (container.get("state") or {}).get("terminated") or {}
             message = (terminated.get("message") or "").strip()
             if not message and phase == "Failed":

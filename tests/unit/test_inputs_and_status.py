@@ -91,6 +91,12 @@ def test_termination_message_and_result():
     assert pod_termination(pods, "Failed") == ("Error", "dataset has 0 examples")
     ok = [{"status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": json.dumps({"modelUri": "s3://x/"})}}}]}}]
     assert pod_termination(ok, "Succeeded")[1] == '{"modelUri": "s3://x/"}'
+    # a sidecar's later message neither hides the trainer's error nor forges a result
+    sidecar = {"name": "istio-proxy", "state": {"terminated": {"exitCode": 0, "message": '{"modelUri": "s3://evil/"}', "finishedAt": "2026-01-01T00:05:00Z"}}}
+    pods[1]["status"]["containerStatuses"].append(sidecar)
+    assert pod_termination(pods, "Failed") == ("Error", "dataset has 0 examples")
+    ok[0]["status"]["containerStatuses"].insert(0, sidecar)
+    assert pod_termination(ok, "Succeeded")[1] == '{"modelUri": "s3://x/"}'
     assert result_status(KINDS["FineTuneJob"], {"modelUri": "s3://x/", "junk": 1}, "s3://o/") == {"modelUri": "s3://x/"}
     assert result_status(KINDS["FineTuneJob"], {}, "s3://o/") == {"modelUri": "s3://o/model/"}
 

@@ -22,6 +22,7 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 EXIT_CODE_PERMANENT = 2
 TORCHRUN_PORT = 29500
 
+STAGE_CONTAINER = "trainer"  # the container that runs the stage and writes its termination message
 RESTRICTED_CONTAINER_SECURITY = {
     "runAsNonRoot": True,
     "allowPrivilegeEscalation": False,
@@ -100,7 +101,7 @@ def build_pod_template(
 ) -> dict[str, Any]:
     sched = spec.scheduling
     container = {
-        "name": "trainer",
+        "name": STAGE_CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["mentor-trainer", stage, "--config", CONFIG_FILE],
