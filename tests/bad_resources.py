@@ -100,5 +100,14 @@ CASES = [
         _with("RLHFJob", algorithm="distill", teacherRef={"name": "ft"}, teacherModel="s3://m/t/"),
         "spec.teacherRef",
     ),
+    # credentials never go in a URI: specs and rendered configs are stored in the clear
+    BadCase("credentials-in-model-uri", "FineTuneJob", _with("FineTuneJob", baseModel="s3://AKIA:secret@models/base/"), "spec.baseModel"),
+    BadCase("credentials-in-tracking-uri", "FineTuneJob", _with("FineTuneJob", tracking={"uri": "https://user:pass@mlflow.example/"}), "spec.tracking.uri"),
+    BadCase(
+        "credentials-in-judge-url",
+        "RLHFJob",
+        _with("RLHFJob", algorithm="grpo", rewardFunctions=[{"name": "judge", "judge": {"url": "http://u:p@judge:8000/v1", "model": "j"}}]),
+        "spec.rewardFunctions[0].judge.url",
+    ),
     BadCase("reward-heads-all-zero", "RLHFJob", _with("RLHFJob", algorithm="reward-model", rewardHeads={"qualityWeight": 0, "safetyWeight": 0}), "spec.rewardHeads"),
 ]

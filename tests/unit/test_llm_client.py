@@ -8,6 +8,8 @@ import json
 
 import httpx
 import openai
+import pytest
+from pydantic import ValidationError
 
 from mentor_trainer.config.common import Endpoint
 from mentor_trainer.llm_client import (
@@ -69,13 +71,16 @@ def test_breaker_opens_only_for_an_endpoint_that_never_answered() -> None:
 
 def test_key_from_the_secret_env_and_redacted(monkeypatch) -> None:
     endpoint = Endpoint.model_validate(
-        {"url": "http://user:pw@judge:8000/v1", "model": "m", "apiKeySecret": {"name": "judge", "key": "token"}}
+        {"url": "http://judge:8000/v1", "model": "m", "apiKeySecret": {"name": "judge", "key": "token"}}
     )
     monkeypatch.setenv(endpoint.api_key_secret.env_name, "s3cret")
     client = ChatClient(endpoint)
     assert client.client.api_key == "s3cret"
     assert client.redact("echoed s3cret back") == "echoed *** back"
-    assert without_userinfo(client.url) == "http://judge:8000/v1"
+    # credentials belong in the Secret: a URL carrying them is rejected (and never printed)
+    with pytest.raises(ValidationError, match="url"):
+        Endpoint.model_validate({"url": "http://user:pw@judge:8000/v1", "model": "m"})
+    assert without_userinfo("http://user:pw@judge:8000/v1") == "http://judge:8000/v1"
 
     anonymous = ChatClient(Endpoint.model_validate({"url": "http://judge:8000/v1", "model": "m"}))
     assert anonymous.client.api_key == "none" and anonymous.redact("text") == "text"

@@ -19,10 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 from pydantic.alias_generators import to_camel
 
 # URI schemes by what they may point at; the pattern lands in the CRD so a bad scheme is
-# rejected by the API server with the field's path.
-STORAGE_URI_PATTERN = r"^(s3|pvc|file)://.+"
-MODEL_URI_PATTERN = r"^(s3|pvc|file|mlflow|hf)://.+"
-HTTP_URL_PATTERN = r"^https?://.+"
+# rejected by the API server with the field's path. No URI may carry credentials
+# (user:password@host): specs and rendered configs are stored in the clear (ConfigMaps), so
+# secrets come from Secrets. RE2 (the API server's regex) has no look-ahead, hence the forms.
+_NO_USERINFO = r"://([^/@]+(/.*)?|/.+)$"
+STORAGE_URI_PATTERN = r"^(s3|pvc|file)" + _NO_USERINFO
+MODEL_URI_PATTERN = r"^(s3|pvc|file|mlflow|hf)" + _NO_USERINFO
+HTTP_URL_PATTERN = r"^https?://[^/@]+(/.*)?$"
+TRACKING_URI_PATTERN = r"^([a-zA-Z][a-zA-Z0-9+.-]*" + _NO_USERINFO[:-1] + r"|[^:@]+)$"
 
 StorageUri = Annotated[
     str,
@@ -256,7 +260,12 @@ class Tracking(Spec):
 
     uri: str | None = Field(
         default=None,
-        description="MLflow tracking URI (http(s)://, sqlite:///..., file:///...); the operator fills it from its settings.",
+        pattern=TRACKING_URI_PATTERN,
+        max_length=2048,
+        description=(
+            "MLflow tracking URI (http(s)://, sqlite:///..., file:///...), without credentials; the operator fills it "
+            "from its settings."
+        ),
     )
     experiment: str | None = Field(default=None, description="Experiment name; defaults to <namespace>/<kind>.")
     registered_model_name: str | None = Field(
