@@ -105,9 +105,8 @@ def worker(a) -> dict:
         trainer = peer_trainer(a, root / "peer-out", cuda)
     output = trainer.train()
     runtime = float(output.metrics["train_runtime"])
-    per_step = a.batch if a._algorithm == "dpo" else a.batch  # pairs, or completions (batch = completions per step)
     return {
-        "samples_per_second": a.steps * per_step / runtime,
+        "samples_per_second": a.steps * a.batch / runtime,  # pairs (DPO) or completions (GRPO) per step: the batch
         "train_runtime": runtime,
         "peak_gib": _peak_memory(cuda),
     }

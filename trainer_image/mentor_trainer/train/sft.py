@@ -142,7 +142,7 @@ def build_trainer(
     if config.evaluation.early_stopping_patience and eval_dataset is not None:
         own.append(EarlyStoppingCallback(early_stopping_patience=config.evaluation.early_stopping_patience))
     own += checkpoints.checkpoint_callbacks(config)
-    own.append(progress_callback(reporter, _tokens_seen))
+    own.append(progress_callback(reporter, tokens_seen))
     return curriculum_trainer_class()(
         model=model,
         args=args,
@@ -153,7 +153,7 @@ def build_trainer(
     )
 
 
-def _tokens_seen(state) -> int:
+def tokens_seen(state) -> int:
     return int(getattr(state, "num_input_tokens_seen", 0) or 0)
 
 
@@ -182,7 +182,7 @@ def train(job: Job, tracker: Tracker) -> dict:
         metrics["eval_perplexity"] = _perplexity(metrics["eval_loss"])
     metrics["steps"] = float(trainer.state.global_step)
     metrics["epochs"] = float(trainer.state.epoch or 0.0)
-    tokens = _tokens_seen(trainer.state)
+    tokens = tokens_seen(trainer.state)
     metrics["tokens"] = float(tokens)
     runtime = float(output.metrics.get("train_runtime") or 0.0)
     if runtime > 0 and tokens:
@@ -227,21 +227,26 @@ def run(config: SftStageConfig, callbacks: tuple = ()) -> TrainingResult:
 
 def _run(config: SftStageConfig, job: Job) -> TrainingResult:
     tracker = Tracker(config)
-    tags = {
-        "mentor.kind": config.run.kind,
-        "mentor.name": config.run.name,
-        "mentor.namespace": config.run.namespace,
-        "mentor.method": config.method,
-        "mentor.dataset_hash": job.dataset_hash or "unknown",
-        "mentor.base_model": config.base_model,
-    }
-    with tracker.run(tags):
+    with tracker.run(run_tags(config, job, base_model=config.base_model)):
         tracker.log_params(flat_params(config))
         tracker.set_tags({"mentor.dataset_hash": job.dataset_hash or "unknown"})
         job.trainer.add_callback(trainer_callback(tracker))
         metrics = train(job, tracker)
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items()})
         return publish_outputs(job, metrics, tracker)
+
+
+def run_tags(config, job: Job, **stage_tags: str) -> dict[str, str]:
+    """The MLflow tags of a training run: the resource, the method, the dataset's content hash,
+    and the stage's own (``mentor.<name>``)."""
+    return {
+        "mentor.kind": config.run.kind,
+        "mentor.name": config.run.name,
+        "mentor.namespace": config.run.namespace,
+        "mentor.method": config.method,
+        "mentor.dataset_hash": job.dataset_hash or "unknown",
+        **{f"mentor.{name}": value for name, value in stage_tags.items()},
+    }
 
 
 def flat_params(config) -> dict:

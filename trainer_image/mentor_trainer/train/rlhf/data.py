@@ -4,19 +4,21 @@
   chosen_safe/rejected_safe labels) as conversational pairs; a pair whose prompt is empty or
   whose chosen equals its rejected teaches nothing and is skipped and counted;
 - KTO's unpaired rows derived from them (chosen: desirable, rejected: undesirable);
-- prompts with verifiable answers from the QA formats (``sft``/``cot``: the final answer
-  after any ``</think>``), else the preference prompts without answers;
+- prompts with verifiable answers from the QA formats (``sft``/``cot``: the final answer,
+  as the evaluation extracts it), else the preference prompts without answers;
 - chat examples (prompt/completion) for distillation.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 
 from ...data.layout import read_split
 from ...errors import StageError
+from ...evaluate.text import extract_answer
+from ..rows import Examples, load_examples
+from ..splits import subsample
 
 SAFETY_LABELS = ("chosen_safe", "rejected_safe")
 
@@ -63,26 +65,16 @@ def unpaired(pairs: Rows) -> Rows:
     return Rows(rows, Counter(pairs.skipped))
 
 
-def final_answer(text: str) -> str:
-    """The answer a reasoning completion ends with: what follows the last ``</think>``."""
-    return text.rsplit("</think>", 1)[-1].strip()
-
-
 def prompts(dataset_uri: str, split: str) -> Rows:
     """Prompts for online algorithms, each with its reference ``answer`` where the dataset has
     one (QA formats), else the preference prompts with ``answer`` None."""
     out = Rows([])
     seen: set[str] = set()
-    for row in read_split(dataset_uri, split, ("sft", "cot")):
-        messages = [{"role": m["role"], "content": m["content"]} for m in (row.get("messages") or []) if m.get("content")]
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
-            out.skipped["not-a-question"] += 1
-            continue
-        key = messages[-2]["content"]
-        if key in seen:  # the same question in sft and cot format: one prompt
-            continue
-        seen.add(key)
-        out.rows.append({"prompt": messages[:-1], "answer": final_answer(messages[-1]["content"])})
+    for example in chat_examples(dataset_uri, split).rows:
+        question = example["prompt"][-1]["content"]
+        if question not in seen:  # the same question in sft and cot format: one prompt
+            seen.add(question)
+            out.rows.append({"prompt": example["prompt"], "answer": extract_answer(example["completion"][0]["content"])})
     if not out.rows:
         for pair in preference_pairs(dataset_uri, split).rows:
             if pair["prompt"][0]["content"] not in seen:
@@ -92,23 +84,15 @@ def prompts(dataset_uri: str, split: str) -> Rows:
 
 
 def chat_examples(dataset_uri: str, split: str) -> Rows:
-    """Prompt/completion chat examples (QA formats) for distillation."""
-    out = Rows([])
-    for row in read_split(dataset_uri, split, ("sft", "cot")):
-        messages = [{"role": m["role"], "content": m["content"]} for m in (row.get("messages") or []) if m.get("content")]
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
-            out.skipped["not-a-question"] += 1
-            continue
-        out.rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
-    return out
+    """Prompt/completion chat examples (QA formats), as the sft stage reads them."""
+    return Rows(load_examples(dataset_uri, split, "sft", completion_only=True).rows)
 
 
 def capped(rows: Rows, limit: int | None, seed: int) -> Rows:
-    """At most ``limit`` rows, a seeded random choice kept in dataset order."""
+    """At most ``limit`` rows, a seeded random choice kept in dataset order (as sft's maxExamples)."""
     if not limit or len(rows.rows) <= limit:
         return rows
-    chosen = sorted(random.Random(seed).sample(range(len(rows.rows)), limit))
-    return Rows([rows.rows[i] for i in chosen], rows.skipped)
+    return Rows(subsample(Examples(rows.rows, [0.0] * len(rows.rows)), limit, seed).rows, rows.skipped)
 
 
 def require(rows: Rows, dataset_uri: str, what: str, algorithm: str) -> Rows:

@@ -51,7 +51,7 @@ def build(run: RlhfRun) -> Built:
             config_class,
             beta=config.beta,
             max_length=config.hyperparameters.max_seq_length,
-            **_reference_options(algorithm, reference_given="ref_model" in kwargs),
+            **_reference_options(algorithm),
         ),
         train_dataset=Dataset.from_list([_without_labels(row) for row in train.rows]),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
@@ -74,7 +74,7 @@ def build(run: RlhfRun) -> Built:
     )
 
 
-def _reference_options(algorithm: str, reference_given: bool) -> dict:
+def _reference_options(algorithm: str) -> dict:
     # The reference's log-probabilities never change: computing them once before training
     # saves a forward pass per step (TRL's default recomputes them every step).
     if algorithm == "dpo":

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import math
 
 from ...config.rlhf import RLHFStageConfig
@@ -27,10 +26,8 @@ from ..callbacks import nan_guard_callback, progress_callback
 from ..device import check_device, choose_precision, weights_dtype
 from ..job import Job
 from ..publish import publish_outputs
-from ..sft import fit, flat_params
+from ..sft import fit, flat_params, run_tags, tokens_seen
 from .context import RlhfRun
-
-log = logging.getLogger(__name__)
 
 # spec.algorithm -> the module whose build(run) makes its trainer
 ALGORITHMS = {
@@ -66,7 +63,7 @@ def prepare(config: RLHFStageConfig, callbacks: tuple = (), reporter: ProgressRe
         tokenizer.pad_token = tokenizer.eos_token
     checkpoint_dir = checkpoints.checkpoint_directory(config)
     own = [nan_guard_callback(config.hyperparameters.learning_rate, precision), *checkpoints.checkpoint_callbacks(config)]
-    own.append(progress_callback(reporter, lambda state: int(getattr(state, "num_input_tokens_seen", 0) or 0)))
+    own.append(progress_callback(reporter, tokens_seen))
     run = RlhfRun(
         config=config,
         device=device,
@@ -145,16 +142,7 @@ def run(config: RLHFStageConfig, callbacks: tuple = ()) -> TrainingResult:
         reporter.update(force=True, phase="preparing")
         job = prepare(config, callbacks, reporter)
         tracker = Tracker(config)
-        tags = {
-            "mentor.kind": config.run.kind,
-            "mentor.name": config.run.name,
-            "mentor.namespace": config.run.namespace,
-            "mentor.algorithm": config.algorithm,
-            "mentor.method": config.method,
-            "mentor.dataset_hash": job.dataset_hash or "unknown",
-            "mentor.policy_model": config.policy_model,
-        }
-        with tracker.run(tags):
+        with tracker.run(run_tags(config, job, algorithm=config.algorithm, policy_model=config.policy_model)):
             tracker.log_params(flat_params(config))
             job.trainer.add_callback(trainer_callback(tracker))
             metrics = train(job, tracker)
