@@ -78,8 +78,10 @@ class Kube:
     def get(self, kind: str, namespace: str, name: str, api_version: str | None = None) -> dict[str, Any] | None:
         return self.request("GET", object_path(api_version or API_VERSIONS[kind], kind, namespace, name))
 
-    def list(self, kind: str, namespace: str, api_version: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        query = [("labelSelector", label_selector)] if label_selector else []
+    def list(
+        self, kind: str, namespace: str, api_version: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = [(key, value) for key, value in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if value]
         result = self.request("GET", object_path(api_version, kind, namespace), query=query) or {}
         return result.get("items", [])
 
@@ -107,9 +109,16 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Merge `status` in; with `resource_version`, only into that version (409 Conflict if
+        the object changed since)."""
         path = object_path(API_VERSIONS[kind], kind, namespace, name) + "/status"
-        return self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.request("PATCH", path, body=body, content_type="application/merge-patch+json")
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], api_version: str) -> dict[str, Any] | None:
         path = object_path(api_version, kind, namespace, name)
