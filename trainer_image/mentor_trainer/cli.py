@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -65,6 +66,22 @@ def write_termination(message: str) -> None:
     path = termination_log()
     if path is not None:
         path.write_bytes(message.encode()[:MAX_MESSAGE].decode(errors="ignore").encode())
+
+
+def write_failure(message: str) -> None:
+    """A failure's message as the termination message and, under torchrun, in this worker's
+    torchelastic error file too, which the launcher (mentor_trainer.launch) reads per rank
+    (torchelastic's plain form: a string message and its time)."""
+    write_termination(message)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+
+
+def is_main_process() -> bool:
+    """Whether this process reports the result: the only one, or rank 0 under torchrun (the
+    other ranks' results lack what only rank 0 publishes)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def result_message(wire: dict) -> str:
@@ -149,8 +166,15 @@ def smollm2(argv: list[str]) -> int:
     return 0
 
 
+def launch(argv: list[str]) -> int:
+    """`mentor-trainer launch <torchrun arguments>`: torchrun keeping the exit-code contract."""
+    from .launch import main as launch_main
+
+    return launch_main(argv)
+
+
 # commands that are not stages: name -> function(argv) -> exit code
-COMMANDS = {"tiny-model": tiny_model, "smollm2": smollm2}
+COMMANDS = {"tiny-model": tiny_model, "smollm2": smollm2, "launch": launch}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         result = run_stage(args.stage, args)
     except StageError as error:
         print(f"mentor-trainer {args.stage}: {error}", file=sys.stderr)
-        write_termination(str(error))
+        write_failure(str(error))
         return EXIT_PERMANENT if error.permanent else EXIT_TRANSIENT
     except Exception as error:  # the message must reach status whatever went wrong
         traceback.print_exc()
-        write_termination(f"{type(error).__name__}: {error}")
+        write_failure(f"{type(error).__name__}: {error}")
         return EXIT_TRANSIENT
     wire = result.to_wire()
-    write_termination(result_message(wire))
+    if is_main_process():
+        write_termination(result_message(wire))
     print(json.dumps(wire, indent=2, sort_keys=True))
     return 0
 

@@ -197,9 +197,12 @@ def build_job(
 
 
 def torchrun_command(stage: str, nodes: int, gpus_per_node: int, master_addr: str) -> list[str]:
-    """torchrun with static rendezvous on pod index 0 (JOB_COMPLETION_INDEX is the node rank)."""
+    """torchrun with static rendezvous on pod index 0 (JOB_COMPLETION_INDEX is the node rank),
+    through `mentor-trainer launch`: plain torchrun exits 1 whatever its ranks exited with, so
+    a permanent failure (exit 2, which the podFailurePolicy fails at once) would burn every
+    retry, and the termination message would be whichever rank wrote last."""
     script = (
-        f"exec torchrun --nnodes={nodes} --nproc-per-node={gpus_per_node} "
+        f"exec mentor-trainer launch --nnodes={nodes} --nproc-per-node={gpus_per_node} "
         f"--node-rank=$JOB_COMPLETION_INDEX --master-addr={master_addr} --master-port={TORCHRUN_PORT} "
         f"-m mentor_trainer.cli {stage} --config {CONFIG_FILE}"
     )
