@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 
-from mentor_operator.kube import Kube, load_config  # noqa: E402
+from mentor_operator.kube import Kube  # noqa: E402
 
 NAMESPACE = "bench"
 THREADS = 16
@@ -96,10 +96,9 @@ def main() -> int:
     with ControlPlane(gpu_nodes=1, cpu_nodes=0) as cp:
         cp.install_crds([ROOT / "crds"])
         cp.kubectl("create", "namespace", NAMESPACE)
-        kube = Kube(load_config(str(cp.kubeconfig)))
-        kube.api_client.configuration.connection_pool_maxsize = THREADS * 2
+        kube = Kube(str(cp.kubeconfig), pool_size=THREADS * 2)
         print("measuring the raw create rate", file=sys.stderr, flush=True)
-        raw_rate = raw_create_rate(Kube(load_config(str(cp.kubeconfig))), min(args.n, 500))
+        raw_rate = raw_create_rate(Kube(str(cp.kubeconfig), pool_size=THREADS * 2), min(args.n, 500))
 
         # The dataset every job references, already succeeded.
         kube.apply({"apiVersion": "mentor.dev/v1alpha1", "kind": "DomainDataset", "metadata": {"name": "corpus", "namespace": NAMESPACE},

@@ -21,6 +21,12 @@ def _limit_malloc_arenas() -> None:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    # kopf imports the kubernetes client package whenever it is installed (the serving extra
+    # brings it) for isinstance checks on its models and a login through it: tens of MB of
+    # RSS the operator has no use for (kube.py talks JSON). A None entry makes that optional
+    # import fail as if the package were absent, and kopf logs in with its own service-account
+    # and kubeconfig logins, the same as kube.load_config.
+    sys.modules.setdefault("kubernetes", None)
     import kopf
 
     _limit_malloc_arenas()
@@ -153,20 +159,17 @@ def _traffic(args: argparse.Namespace) -> int:
 
 def _approve(args: argparse.Namespace) -> int:
     """Annotate the ModelDeployment; the operator consumes the annotation (handlers/retrain.py)."""
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config import ConfigException
-
     from .api import API_VERSION
-    from .kube import Kube, load_config
+    from .kube import ApiException, ConfigError, Kube
     from .retraining import APPROVE_ANNOTATION
 
     value = args.retraining or "latest"
     target = f"ModelDeployment {args.namespace}/{args.deployment}"
     try:
-        kube = Kube(load_config(args.kubeconfig))
+        kube = Kube(args.kubeconfig)
         patched = kube.patch("ModelDeployment", args.namespace, args.deployment,
                              {"metadata": {"annotations": {APPROVE_ANNOTATION: value}}}, API_VERSION)
-    except ConfigException as error:
+    except ConfigError as error:
         print(f"mentor approve: no cluster configuration: {error}", file=sys.stderr)
         return 1
     except ApiException as error:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mentor_trainer.config import RolloutResult
@@ -27,7 +26,7 @@ from ..builders.access import build_stage_access, stage_account
 from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
-from ..kube import Kube
+from ..kube import ApiException, Kube
 from ..metrics import DRIFT_SCORE, DRIFT_SIGNAL_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
 from ..retraining import target_model
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, recorded

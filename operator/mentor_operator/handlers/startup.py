@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from ..kube import Kube, load_config
+from ..kube import Kube
 from ..metrics import serve as serve_metrics
 from ..settings import Settings
 from .reconcile import Context
@@ -19,10 +19,7 @@ WORKERS = 16  # threads running the (blocking) reconcile handlers
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     config = Settings.from_env()
-    api_client = load_config()
-    # one pooled connection per handler thread: no TLS handshake per request under load
-    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = WORKERS + 4
-    kube = Kube(api_client)
+    kube = Kube(pool_size=WORKERS + 4)  # a connection per handler thread, and a few spare
     use_trainer = config.use_kubeflow_trainer
     kubeflow = use_trainer == "always" or (use_trainer == "auto" and kube.crd_installed(TRAINJOB_CRD))
     memo.ctx = Context(kube=kube, settings=config, kubeflow_trainer=kubeflow)
