@@ -22,14 +22,10 @@ class Settings(BaseModel):
         description="Secret (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) mounted as env into stage pods.",
     )
     mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking URI handed to stages.")
-    trainer_service_account: str = Field(
-        default="mentor-stage",
-        description="ServiceAccount of stage pods unless a resource names its own; the operator creates it per namespace.",
-    )
     report_progress: bool = Field(
         default=True,
-        description="Stage pods patch their resource's status.progress (the operator grants their account that, "
-        "and nothing else, per namespace); false: pods get no API token at all.",
+        description="Stage pods patch their resource's status.progress (each resource's own stage account may do "
+        "that and nothing else); false: pods get no API token at all.",
     )
     cluster_training_runtime: str = Field(
         default="torch-distributed", description="Kubeflow ClusterTrainingRuntime of multi-node TrainJobs."

@@ -1,4 +1,5 @@
-"""Live progress: a stage pod's account patches its resource's status.progress, and only that.
+"""Live progress: a stage pod's account patches its own resource's status.progress, and only that
+(RBAC scopes the account to the resource; the generated admission policy to the field).
 
 The pods here are kwok's, so the trainer's reporter runs in the test process with the token
 the API server issues to the operator-created stage account: the same request a pod makes.
@@ -7,11 +8,13 @@ the API server issues to the operator-created stage account: the same request a 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
+import urllib.request
 
 import pytest
 
-from mentor_operator.builders.access import status_path
+from mentor_operator.builders.access import stage_identity, status_path
 from mentor_trainer.progress import ProgressReporter, StatusEndpoint
 from tests.cluster.conftest import pod_annotations, resource, wait_for
 
@@ -19,10 +22,27 @@ pytestmark = pytest.mark.cluster
 
 
 def stage_endpoint(cluster, ns, body: dict, tmp_path) -> StatusEndpoint:
-    token = cluster.kubectl("create", "token", "mentor-stage", "-n", ns.name).stdout.strip()
-    token_file = tmp_path / "token"
+    """The endpoint and token a pod of `body`'s stage would have."""
+    token = cluster.kubectl("create", "token", stage_identity(body), "-n", ns.name).stdout.strip()
+    token_file = tmp_path / f"token-{body['metadata']['name']}"
     token_file.write_text(token)
     return StatusEndpoint(cluster.server + status_path(body), token_file, cluster.ca_file)
+
+
+def send_status(endpoint: StatusEndpoint, status: dict) -> int:
+    """A raw status merge patch with the stage's token: the HTTP code the API server answers."""
+    request = urllib.request.Request(
+        endpoint.url,
+        data=json.dumps({"status": status}).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/merge-patch+json", "Authorization": f"Bearer {endpoint.token_file.read_text()}"},
+    )
+    context = ssl.create_default_context(cafile=str(endpoint.ca_file))
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def printed_columns(cluster, ns, name: str) -> dict[str, str]:
@@ -38,7 +58,7 @@ def test_trainer_progress_reaches_status_and_printer_columns(cluster, operator, 
     ns.wait_phase("FineTuneJob", "ft", "Running", 90)
     (job,) = [j for j in ns.items("jobs") if j["metadata"]["name"] == "ft-sft"]
     pod = job["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "mentor-stage"
+    assert pod["serviceAccountName"] == "mentor-stage-finetunejob-ft"
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     body = ns.get("FineTuneJob", "ft")
     assert env["MENTOR_PROGRESS_PATH"] == status_path(body)
@@ -65,27 +85,56 @@ def test_trainer_progress_reaches_status_and_printer_columns(cluster, operator, 
     assert ns.status("FineTuneJob", "ft")["progress"]["percent"] == "100%"
 
 
-def test_stage_account_may_patch_only_status(cluster, operator, ns, tmp_path):
-    ns.apply(resource("DomainDataset", "docs", {"sources": [{"name": "d", "uri": "s3://b/d/"}], "scheduling": pod_annotations(hold="true")}))
+def test_stage_account_may_patch_only_its_own_progress(cluster, operator, ns, tmp_path):
+    held = {"sources": [{"name": "d", "uri": "s3://b/d/"}], "scheduling": pod_annotations(hold="true")}
+    ns.apply(resource("DomainDataset", "docs", held), resource("DomainDataset", "other", held))
     ns.wait_phase("DomainDataset", "docs", "Running", 60)
+    ns.wait_phase("DomainDataset", "other", "Running", 60)
     body = ns.get("DomainDataset", "docs")
     endpoint = stage_endpoint(cluster, ns, body, tmp_path)
     endpoint.patch({"phase": "ingest", "documents": 7})
     assert ns.status("DomainDataset", "docs")["progress"]["documents"] == 7
+
+    # its own verdict fields: refused by the admission policy (which starts enforcing shortly
+    # after it is installed), naming the field; status unchanged
+    forged = wait_for(lambda: (code := send_status(endpoint, {"phase": "Succeeded", "outputUri": "s3://evil/"})) != 200 and code, 30, what="the policy to refuse")
+    assert forged == 403
+    assert send_status(endpoint, {"progress": {"documents": 8}, "message": "all good"}) == 403
+    status = ns.status("DomainDataset", "docs")
+    assert status["phase"] == "Running" and status["outputUri"] != "s3://evil/" and status["progress"]["documents"] == 7
+    # another resource's status, even its progress: refused by RBAC (the Role names one resource)
+    other = StatusEndpoint(cluster.server + status_path(ns.get("DomainDataset", "other")), endpoint.token_file, endpoint.ca_file)
+    assert send_status(other, {"progress": {"documents": 1}}) == 403
+    assert (ns.status("DomainDataset", "other").get("progress") or {}).get("documents") is None
 
     spec_endpoint = StatusEndpoint(endpoint.url.removesuffix("/status"), endpoint.token_file, endpoint.ca_file)
     with pytest.raises(urllib.error.HTTPError) as denied:
         spec_endpoint.patch({"phase": "x"})
     assert denied.value.code == 403
     token = endpoint.token_file.read_text()
-    for verb, what in (("get", "pods"), ("get", "secrets"), ("patch", "domaindatasets"), ("create", "jobs")):
+    for verb, what in (("get", "pods"), ("get", "secrets"), ("patch", "domaindatasets"), ("create", "jobs"), ("patch", "evaluations/status")):
         allowed = cluster.kubectl("auth", "can-i", verb, what, "-n", ns.name, f"--token={token}", check=False).stdout.strip()
         assert allowed == "no", f"the stage account may {verb} {what}"
 
     # a report the account may not send stops the reporter instead of retrying forever
-    other = ns.name.replace("t-", "t-other-")
-    forbidden = StatusEndpoint(endpoint.url.replace(f"/namespaces/{ns.name}/", f"/namespaces/{other}/"), endpoint.token_file, endpoint.ca_file)
-    reporter = ProgressReporter(None, forbidden, interval=0.05)
+    reporter = ProgressReporter(None, other, interval=0.05)
     reporter.update(step=1)
     wait_for(lambda: not reporter.reporting, 10, interval=0.05, what="the reporter to give up")
     reporter.close()
+
+    # the account goes with its resource
+    cluster.kubectl("delete", "domaindataset", "docs", "-n", ns.name)
+    wait_for(lambda: ns.get("serviceaccount", stage_identity(body)) is None, 60, what="the stage account to be garbage-collected")
+
+
+def test_an_account_the_user_names_is_granted_nothing(cluster, operator, ns):
+    cluster.kubectl("create", "serviceaccount", "their-account", "-n", ns.name)
+    scheduling = {**pod_annotations(hold="true"), "serviceAccountName": "their-account"}
+    ns.apply(resource("DomainDataset", "docs", {"sources": [{"name": "d", "uri": "s3://b/d/"}], "scheduling": scheduling}))
+    ns.wait_phase("DomainDataset", "docs", "Running", 60)
+    (job,) = ns.items("jobs")
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "their-account"
+    assert not [b for b in ns.items("rolebindings") if any(s["name"] == "their-account" for s in b.get("subjects") or [])]
+    assert not [a for a in ns.items("serviceaccounts") if a["metadata"]["name"].startswith("mentor-stage")]
+    allowed = cluster.kubectl("auth", "can-i", "patch", "domaindatasets/status", "-n", ns.name, f"--as=system:serviceaccount:{ns.name}:their-account", check=False)
+    assert allowed.stdout.strip() == "no"

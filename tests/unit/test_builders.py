@@ -41,6 +41,11 @@ FTJ_SPEC = {
 }
 
 
+def child(plan, kind: str) -> dict:
+    (found,) = [c for c in plan.children if c["kind"] == kind]
+    return found
+
+
 def ftj_plan(spec=FTJ_SPEC, kubeflow=False):
     b = body("FineTuneJob", spec)
     model = KINDS["FineTuneJob"].spec.model_validate(spec)
@@ -49,8 +54,10 @@ def ftj_plan(spec=FTJ_SPEC, kubeflow=False):
 
 def test_single_node_job_carries_scheduling_resources_and_security():
     b, plan = ftj_plan()
-    config_map, job = plan.children
+    access, (config_map, job) = plan.children[:3], plan.children[3:]
+    assert [c["kind"] for c in access] == ["ServiceAccount", "Role", "RoleBinding"]  # before the pod that runs as it
     assert plan.runner is job and job["kind"] == "Job" and config_map["kind"] == "ConfigMap"
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == access[0]["metadata"]["name"] == "mentor-stage-finetunejob-demo"
     for obj in plan.children:
         assert obj["metadata"]["ownerReferences"][0] == {
             "apiVersion": "mentor.dev/v1alpha1", "kind": "FineTuneJob", "name": "demo", "uid": "uid-1",
@@ -79,7 +86,7 @@ def test_single_node_job_carries_scheduling_resources_and_security():
 
 def test_rendered_config_is_the_stage_config_with_every_option():
     _, plan = ftj_plan()
-    config = SftStageConfig.model_validate_json(plan.children[0]["data"]["config.json"])
+    config = SftStageConfig.model_validate_json(child(plan, "ConfigMap")["data"]["config.json"])
     assert config.method == "dora" and config.lora.r == 8 and config.lora.target_modules == ["q_proj", "v_proj"]
     assert config.curriculum.stages == [0.5, 1.0]
     assert config.hyperparameters.max_seq_length == 1024
@@ -98,8 +105,8 @@ def test_multi_node_without_kubeflow_is_an_indexed_job_and_headless_service():
     spec = {**FTJ_SPEC, "distributed": {"nodes": 3, "gpusPerNode": 8, "deepspeed": {"stage": 3}}}
     _, plan = ftj_plan(spec)
     kinds = [c["kind"] for c in plan.children]
-    assert kinds == ["ConfigMap", "Service", "Job"]
-    service, job = plan.children[1], plan.children[2]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    service, job = child(plan, "Service"), child(plan, "Job")
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 3
     assert service["spec"]["clusterIP"] == "None"
     assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
@@ -127,7 +134,7 @@ def test_trainjob_pods_get_placement_account_and_security_through_a_runtime_patc
     pod = replicated["template"]["spec"]["template"]
     assert pod["spec"]["nodeSelector"] == {"gpu": "h100"}
     assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert pod["spec"]["serviceAccountName"] == "mentor-stage"  # progress reports from rank 0
+    assert pod["spec"]["serviceAccountName"] == "mentor-stage-finetunejob-demo"  # progress reports from rank 0
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["metadata"]["annotations"] == {"team": "a"} and pod["metadata"]["labels"]["mentor.dev/kind"] == "FineTuneJob"
 
@@ -149,7 +156,7 @@ def test_inference_service_per_runtime(runtime, expected):
     spec = {"modelUri": "s3://m/x/", "runtime": runtime, "scaling": {"minReplicas": 1, "maxReplicas": 3}}
     b = body("ModelDeployment", spec)
     model = KINDS["ModelDeployment"].spec.model_validate(spec)
-    assert [c["kind"] for c in plan_export(b, model, "s3://m/x/", {}, SETTINGS).children] == ["ConfigMap", "Job"]
+    assert [c["kind"] for c in plan_export(b, model, "s3://m/x/", {}, SETTINGS).children] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
     isvc = next(c for c in plan_serving(b, model, {}, SETTINGS, "s3://m/x/") if c["kind"] == "InferenceService")
     predictor = isvc["spec"]["predictor"]
     assert predictor["model"]["runtime"] == expected
@@ -180,7 +187,7 @@ def test_rollout_analysis_job_compares_the_versions_since_the_canary_started():
     b = body("ModelDeployment", spec)
     model = KINDS["ModelDeployment"].spec.model_validate(spec)
     plan = plan_rollout_analysis(b, model, SETTINGS, "s3://m/old/", "s3://m/new/", "2026-11-30T01:00:00Z", 2)
-    config = json.loads(plan.children[0]["data"]["config.json"])
+    config = json.loads(child(plan, "ConfigMap")["data"]["config.json"])
     assert plan.runner["metadata"]["name"] == f"demo-rollout-{version_id('s3://m/new/')}-2"
     assert config["stableVersion"] == "s3://m/old/" and config["canaryVersion"] == "s3://m/new/"
     assert config["since"] == "2026-11-30T01:00:00Z" and config["canary"]["maxErrorRate"] == 0.02
@@ -195,7 +202,7 @@ def test_export_writes_under_its_own_prefix_on_cpu_with_the_serving_defaults():
     b = body("ModelDeployment", spec)
     model = KINDS["ModelDeployment"].spec.model_validate(spec)
     plan = plan_export(b, model, "s3://m/x/", {"dataset_uri": "s3://art/docs/"}, SETTINGS)
-    config = json.loads(plan.children[0]["data"]["config.json"])
+    config = json.loads(child(plan, "ConfigMap")["data"]["config.json"])
     assert config["outputUri"] == f"{OUT}export/{version_id('s3://m/x/')}/"
     assert config["modelUri"] == "s3://m/x/" and config["datasetUri"] == "s3://art/docs/"
     assert config["temperature"] == 0.7 and config["servingGpus"] == 2 and config["batching"]["maxBatchSize"] == 16
@@ -246,5 +253,5 @@ def test_api_key_secrets_reach_the_pod_as_secret_refs_only():
     plan = plan_job_children(b, KINDS["DomainDataset"].spec.model_validate(spec), {}, SETTINGS, False)
     env = {e["name"]: e for e in plan.runner["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MENTOR_SECRET_TEACHER_KEY_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "teacher-key", "key": "api-key"}
-    config = json.loads(plan.children[0]["data"]["config.json"])
+    config = json.loads(child(plan, "ConfigMap")["data"]["config.json"])
     assert config["synthesis"]["teacher"]["apiKeySecret"] == {"name": "teacher-key", "key": "api-key"}

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mentor_operator.api import KINDS
-from mentor_operator.builders.access import PROGRESS_ROLE, build_stage_access, status_path
+from mentor_operator.builders.access import build_stage_access, stage_account, stage_identity, status_path
 from mentor_operator.settings import Settings
 from mentor_trainer.progress import ProgressReporter, StatusEndpoint
 from tests.cluster.conftest import wait_for
@@ -93,16 +93,32 @@ def test_endpoint_from_env(tmp_path, monkeypatch):
     assert StatusEndpoint.from_env({k: v for k, v in env.items() if k != "MENTOR_PROGRESS_PATH"}) is None
 
 
-def test_stage_access_objects():
+def test_each_resource_gets_its_own_stage_account_that_may_patch_only_its_status():
     settings = Settings()
-    ours = build_stage_access("team-a", settings.trainer_service_account, settings)
-    assert [o["kind"] for o in ours] == ["ServiceAccount", "Role", "RoleBinding"]
-    (rule,) = ours[1]["rules"]
-    assert rule["verbs"] == ["patch"] and rule["resources"] == sorted(f"{a.info.plural}/status" for a in KINDS.values())
-    assert ours[2]["roleRef"]["name"] == PROGRESS_ROLE
-    assert ours[2]["subjects"] == [{"kind": "ServiceAccount", "name": "mentor-stage", "namespace": "team-a"}]
-    theirs = build_stage_access("team-a", "their-account", settings)
-    assert [o["kind"] for o in theirs] == ["Role", "RoleBinding"]  # a user's account is not ours to create
-    assert theirs[1]["metadata"]["name"] == f"{PROGRESS_ROLE}-their-account"
+    api = KINDS["FineTuneJob"]
+    body = {"apiVersion": "mentor.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ft", "namespace": "team-a", "uid": "u1"}}
+    spec = api.spec.model_validate({"baseModel": "s3://m/", "datasetRef": {"name": "d"}})
+    account, role, binding = build_stage_access(body, spec, settings)
+    assert [o["kind"] for o in (account, role, binding)] == ["ServiceAccount", "Role", "RoleBinding"]
+    assert {o["metadata"]["name"] for o in (account, role, binding)} == {"mentor-stage-finetunejob-ft"}
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "u1" for o in (account, role, binding))  # deleted with it
+    (rule,) = role["rules"]
+    assert rule == {"apiGroups": ["mentor.dev"], "resources": ["finetunejobs/status"], "resourceNames": ["ft"], "verbs": ["patch"]}
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mentor-stage-finetunejob-ft", "namespace": "team-a"}]
+    assert stage_account(body, spec) == "mentor-stage-finetunejob-ft"
+    # two kinds may share a name, never an account
+    assert stage_identity({**body, "kind": "Evaluation"}) != stage_identity(body)
+    # a name at the API's limit still gives a valid, distinct name
+    long_a, long_b = (stage_identity({**body, "metadata": {"name": c * 253}}) for c in "ab")
+    assert len(long_a) <= 253 and long_a != long_b
+
+    # a user's own account is used as is and granted nothing; nor is anything with reports off
+    theirs = api.spec.model_validate({"baseModel": "s3://m/", "datasetRef": {"name": "d"}, "scheduling": {"serviceAccountName": "their-account"}})
+    assert build_stage_access(body, theirs, settings) == [] and stage_account(body, theirs) == "their-account"
+    assert build_stage_access(body, spec, Settings(report_progress=False)) == []
+
+
+def test_status_path():
     body = {"kind": "FineTuneJob", "metadata": {"name": "ft", "namespace": "team-a"}}
     assert status_path(body) == "/apis/mentor.dev/v1alpha1/namespaces/team-a/finetunejobs/ft/status"

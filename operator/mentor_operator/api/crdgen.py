@@ -4,6 +4,10 @@ Pydantic's JSON schema is turned into a Kubernetes structural schema: `$ref`s in
 `anyOf [X, null]` folded into `nullable`, JSON-Schema-2020 numeric bounds rewritten to
 OpenAPI v3.0, free-form objects marked `x-kubernetes-preserve-unknown-fields`, and the CEL
 rules the models carry kept as `x-kubernetes-validations`.
+
+From the same status models it generates the admission policy that confines stage accounts
+(builders/access.py) to `status.progress`: RBAC can scope a Role to one resource's status, but
+not to one field of it.
 """
 
 from __future__ import annotations
@@ -154,14 +158,73 @@ def build_crd(api: KindApi) -> dict[str, Any]:
     }
 
 
+STAGE_POLICY = "mentor-stage-progress"
+STAGE_POLICY_FILE = "stage-status-policy.yaml"
+# Stage accounts are named mentor-stage-<kind>-<name> (builders/access.py); the bare name is
+# the per-namespace account of releases before per-resource accounts, confined the same way.
+STAGE_ACCOUNT_USERNAME = "^system:serviceaccount:[^:]+:mentor-stage(-.*)?$"
+
+
+def _unchanged(field: str) -> str:
+    """CEL: status.<field> is what it was (present with the same value, or still absent)."""
+    old, new = f"oldObject.status.{field}", f"object.status.{field}"
+    return f"has(oldObject.status) && has({old}) ? has({new}) && {new} == {old} : !has({new})"
+
+
+def build_stage_policy(api: KindApi) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: a stage account's status update of this
+    kind may change `progress` and nothing else (the result fields come from the operator)."""
+    name = f"{STAGE_POLICY}-{api.info.plural}"
+    fields = [f for f in schema_of(api.status)["properties"] if f != "progress"]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": ["*"],
+                        "operations": ["UPDATE"],
+                        "resources": [f"{api.info.plural}/status"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {"name": "stage-accounts", "expression": f"request.userInfo.username.matches('{STAGE_ACCOUNT_USERNAME}')"}
+            ],
+            "validations": [
+                {
+                    "expression": _unchanged(field),
+                    "message": f"a stage may change only status.progress; status.{field} is written by the operator",
+                    "reason": "Forbidden",
+                }
+                for field in fields
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
+def _dump(*docs: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump_all(docs, sort_keys=False, width=100, allow_unicode=True)
+
+
 def render_all() -> dict[str, str]:
-    """File name -> YAML text of every CRD."""
+    """File name -> YAML text of every CRD, and of the stage accounts' admission policy."""
     from . import KINDS
 
-    return {
-        f"{api.info.crd_name()}.yaml": HEADER + yaml.safe_dump(build_crd(api), sort_keys=False, width=100, allow_unicode=True)
-        for api in KINDS.values()
-    }
+    files = {f"{api.info.crd_name()}.yaml": _dump(build_crd(api)) for api in KINDS.values()}
+    files[STAGE_POLICY_FILE] = _dump(*(doc for api in KINDS.values() for doc in build_stage_policy(api)))
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

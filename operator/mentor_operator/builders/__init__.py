@@ -10,6 +10,7 @@ from mentor_trainer.config import StageRuntime
 from ..api import KINDS
 from ..api.common import JobSpecBase
 from ..settings import Settings
+from .access import build_stage_access
 from .config import output_uri, render_stage_config
 from .job import build_config_map, build_indexed_job, build_job, build_train_job
 from .meta import child_name
@@ -37,15 +38,16 @@ def _stage_objects(body, spec, settings, resolved, stage, kubeflow_trainer: bool
     config = render_stage_config(spec, body, resolved, settings, stage)
     config_map = build_config_map(body, config, stage)
     cm_name = config_map["metadata"]["name"]
+    access = build_stage_access(body, spec, settings)  # before the pods that run as its account
     nodes = getattr(getattr(spec, "distributed", None), "nodes", 1)
     if nodes > 1 and kubeflow_trainer:
         runner = build_train_job(body, spec, settings, config, stage, cm_name)
-        return Plan([config_map, runner], runner)
+        return Plan([*access, config_map, runner], runner)
     if nodes > 1:
         runner, service = build_indexed_job(body, spec, settings, config, stage, cm_name)
-        return Plan([config_map, service, runner], runner)
+        return Plan([*access, config_map, service, runner], runner)
     runner = build_job(body, spec, settings, config, stage, cm_name)
-    return Plan([config_map, runner], runner)
+    return Plan([*access, config_map, runner], runner)
 
 
 def plan_job_children(
@@ -90,7 +92,8 @@ def plan_export(body: dict[str, Any], spec: Any, model_version: str, resolved: d
     config_map = build_config_map(body, config, "export", instance)
     export_spec = spec.model_copy(update={"resources": export_resources(spec)})
     job = build_job(body, export_spec, settings, config, "export", config_map["metadata"]["name"], instance)
-    return Plan([config_map, job], job)
+    # the deployment's stage account, for its exports and its later analyses and drift checks
+    return Plan([*build_stage_access(body, spec, settings), config_map, job], job)
 
 
 def render_drift_config(body: dict[str, Any], spec: Any, resolved: dict[str, Any], settings: Settings, stable: str) -> StageRuntime:

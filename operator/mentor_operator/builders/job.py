@@ -11,7 +11,7 @@ from mentor_trainer.config.common import secret_refs
 
 from ..api.common import JobSpecBase
 from ..settings import Settings
-from .access import stage_account, status_path
+from .access import reports_progress, stage_account, status_path
 from .meta import KUEUE_QUEUE_LABEL, child_name, labels, object_meta
 
 CONFIG_DIR = "/etc/mentor"
@@ -49,7 +49,7 @@ def build_config_map(body: dict[str, Any], config: StageRuntime, stage: str, ins
     }
 
 
-def stage_env(body: dict[str, Any], settings: Settings, config: StageRuntime, progress: bool = True) -> list[dict[str, Any]]:
+def stage_env(body: dict[str, Any], settings: Settings, config: StageRuntime, *, progress: bool) -> list[dict[str, Any]]:
     """What a stage's container needs besides its config file: a writable HOME, no hub, the
     object store and its credentials, tracking, secrets; `progress`: where to report it."""
     env: list[dict[str, Any]] = [
@@ -58,7 +58,7 @@ def stage_env(body: dict[str, Any], settings: Settings, config: StageRuntime, pr
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    if progress and settings.report_progress:
+    if progress:
         env.append({"name": "MENTOR_PROGRESS_PATH", "value": status_path(body)})
     if config.tracking.uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": config.tracking.uri})
@@ -105,7 +105,7 @@ def build_pod_template(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["mentor-trainer", stage, "--config", CONFIG_FILE],
-        "env": stage_env(body, settings, config),
+        "env": stage_env(body, settings, config, progress=reports_progress(spec, settings)),
         "resources": container_resources(spec),
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
@@ -126,18 +126,18 @@ def build_pod_template(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
         ],
     }
-    pod_spec.update(_placement(spec, settings))
+    pod_spec.update(_placement(body, spec))
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
-    if not settings.report_progress:  # the stage has no use for an API token then
+    if not settings.report_progress and not sched.service_account_name:  # no use for an API token then
         pod_spec["automountServiceAccountToken"] = False
     return {"metadata": _pod_metadata(body, spec, stage), "spec": pod_spec}
 
 
-def _placement(spec: JobSpecBase, settings: Settings) -> dict[str, Any]:
+def _placement(body: dict[str, Any], spec: JobSpecBase) -> dict[str, Any]:
     """Where a stage pod may run and as whom (shared by Jobs and TrainJob runtime patches)."""
     sched = spec.scheduling
-    placement: dict[str, Any] = {"serviceAccountName": stage_account(spec, settings)}
+    placement: dict[str, Any] = {"serviceAccountName": stage_account(body, spec)}
     if sched.node_selector:
         placement["nodeSelector"] = dict(sched.node_selector)
     if sched.tolerations:
@@ -280,7 +280,7 @@ def build_train_job(
                 "numProcPerNode": dist.gpus_per_node,
                 "resourcesPerNode": resources,
                 "env": [
-                    e for e in stage_env(body, settings, config) if "valueFrom" not in e or "secretKeyRef" in e["valueFrom"]
+                    e for e in stage_env(body, settings, config, progress=reports_progress(spec, settings)) if "valueFrom" not in e or "secretKeyRef" in e["valueFrom"]
                 ]
                 + [{"name": "MENTOR_CONFIG_JSON", "valueFrom": {"configMapKeyRef": {"name": config_map, "key": "config.json"}}}],
             },
@@ -298,7 +298,7 @@ def train_job_pod_patch(body: dict[str, Any], spec: Any, settings: Settings, sta
     placement, account, labels and restricted security context as a single-node Job. The API
     has no priorityClassName here; put it on the ClusterTrainingRuntime."""
     pod_spec: dict[str, Any] = {
-        **_placement(spec, settings),
+        **_placement(body, spec),
         "securityContext": RESTRICTED_POD_SECURITY,
         "containers": [{"name": TRAINJOB_REPLICATED_JOB, "securityContext": RESTRICTED_CONTAINER_SECURITY}],
     }

@@ -22,11 +22,10 @@ from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
 from ..builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving
-from ..builders.access import build_stage_access, stage_account
 from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
-from ..kube import ApiException, Kube
+from ..kube import Kube
 from ..metrics import DRIFT_SCORE, DRIFT_SIGNAL_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
 from ..retraining import target_model
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, recorded
@@ -54,8 +53,6 @@ class Context:
     # runner uid -> the phase this replica last folded from it: a runner event that does not
     # change the phase needs no read of its owner (most Job events during a burst).
     folded: dict[str, str] = field(default_factory=dict)
-    # (namespace, account) pairs whose progress RBAC this replica has made sure of
-    stage_access: set[tuple[str, str]] = field(default_factory=set)
 
     def already_folded(self, runner: dict[str, Any]) -> bool:
         return self.folded.get(runner["metadata"]["uid"]) == runner_state(runner).phase
@@ -136,7 +133,6 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
         raise kopf.TemporaryError(message, delay=delay)
 
     out = output_uri(spec, body, ctx.settings)
-    _ensure_stage_access(ctx, meta["namespace"], stage_account(spec, ctx.settings))
     reconcile_workload = _reconcile_serving if api.workload == "serving" else _reconcile_stage
     return reconcile_workload(ctx, body, spec, resolution, out)
 
@@ -151,21 +147,6 @@ def _reconcile_stage(ctx: Context, body: dict[str, Any], spec: Any, resolution: 
         extra["startTime"] = now()
     fold_runner(ctx, {**body, "status": {**status}}, runner, extra)
     return "applied"
-
-
-def _ensure_stage_access(ctx: Context, namespace: str, account: str) -> None:
-    """Create-if-absent the namespace's stage account and its progress Role (once per replica)."""
-    if not ctx.settings.report_progress or (namespace, account) in ctx.stage_access:
-        return
-    try:
-        for obj in build_stage_access(namespace, account, ctx.settings):
-            ctx.kube.create(obj)
-    except ApiException as error:
-        if error.status != 403:
-            raise
-        # an operator installed with older RBAC: stages still run, only without live progress
-        log.warning("cannot grant %s/%s progress reports (%s); give the operator the rules in its ClusterRole", namespace, account, error.reason)
-    ctx.stage_access.add((namespace, account))
 
 
 def _apply(ctx: Context, children: list[dict[str, Any]], runner_plan: dict[str, Any] | None) -> dict[str, Any] | None:
