@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from mentor_trainer.timestamps import utc_now
+from mentor_trainer.timestamps import parse_utc, utc_now
 from pydantic import ValidationError
 
 from .api import KindApi
@@ -16,6 +18,11 @@ from .builders.job import STAGE_CONTAINER, TRAINJOB_REPLICATED_JOB
 log = logging.getLogger("mentor.status")
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# The phases a stage resource has while its runner decides them (what a resync re-reads).
+RUNNER_PHASES = ("Pending", "Running", "Suspended")
+# On a runner: the digest of the resource spec it was made from (suspend left out, the one
+# field a started runner follows).
+SPEC_DIGEST_ANNOTATION = "mentor.dev/spec-digest"
 
 
 def now() -> str:
@@ -87,6 +94,72 @@ def runner_state(runner: dict[str, Any] | None) -> RunnerState:
     if status.get("ready", status.get("active")):
         return RunnerState("Running", "Running", "the stage is running", start)
     return RunnerState("Pending", "PodsPending", "waiting for the stage's pods to start", start)
+
+
+def overwrites_terminal(current: dict[str, Any], changes: dict[str, Any]) -> bool:
+    """Would `changes` put a non-terminal phase over a terminal one of the same generation?
+    Such a write is stale (a Job watcher and a handler raced): a finished run stays finished."""
+    return (
+        current.get("phase") in TERMINAL_PHASES
+        and changes.get("phase") not in (None, *TERMINAL_PHASES)
+        and changes.get("observedGeneration") == current.get("observedGeneration")
+    )
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """A digest of the spec a runner is made from; a suspend flip does not change it."""
+    canonical = json.dumps({k: v for k, v in spec.items() if k != "suspend"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def runs_spec(runner: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Was `runner` made from `spec`? (A runner from before digests were recorded: assumed so.)"""
+    recorded = (runner["metadata"].get("annotations") or {}).get(SPEC_DIGEST_ANNOTATION)
+    return recorded is None or recorded == spec_digest(spec)
+
+
+def pod_selector(runner: dict[str, Any]) -> str:
+    """The label selector of a runner's pods: a Job labels them with its name; a TrainJob's
+    pods belong to Jobs of its JobSet (named <trainjob>-node-0-...), which carries its name."""
+    name = runner["metadata"]["name"]
+    if runner["kind"] == "TrainJob":
+        return f"jobset.sigs.k8s.io/jobset-name={name}"
+    return f"batch.kubernetes.io/job-name={name}"
+
+
+# Waiting reasons of a container that is merely on its way (not stuck).
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+
+
+def start_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) of why a runner's pods do not start: a container waiting on something
+    (ImagePullBackOff, CreateContainerConfigError for a missing Secret...), a pod no node fits
+    (Unschedulable), or, with no pod at all, the runner's newest FailedCreate event (a missing
+    ServiceAccount, an admission or quota refusal)."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending":
+            continue
+        for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason and reason not in STARTING_REASONS:
+                return reason, f"container {container.get('name')}: {waiting.get('message') or reason}"
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return condition.get("reason") or "Unschedulable", condition.get("message") or "no node fits the pod"
+    failed = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not pods and failed:
+        newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return "FailedCreate", newest.get("message") or "the pods cannot be created"
+    return None
+
+
+def start_overdue(runner: dict[str, Any], timeout_seconds: int, at: datetime) -> bool:
+    """Has `runner` waited longer than `timeout_seconds` for its pods, counted from when it
+    started or was last resumed (a Job resets its startTime on resume)?"""
+    since = parse_utc((runner.get("status") or {}).get("startTime") or runner["metadata"].get("creationTimestamp"))
+    return since is not None and (at - since).total_seconds() > timeout_seconds
 
 
 def pod_termination(pods: list[dict[str, Any]], phase: str) -> tuple[str, str] | None:

@@ -80,6 +80,13 @@ class Scheduling(Spec):
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the pods.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the pods.")
     service_account_name: str | None = Field(default=None, description="ServiceAccount of the pods.")
+    start_timeout_seconds: PositiveInt = Field(
+        default=900,
+        description="How long a stage's pods may take to start (be scheduled, pull the image, find their Secrets "
+        "and account), counted from when its job starts or resumes; time in a queue (a suspended job) does not count. "
+        "Past it the resource fails with the reason the pods wait for, and its job is suspended. A ModelDeployment's "
+        "export jobs are not timed.",
+    )
 
 
 class Resources(Spec):

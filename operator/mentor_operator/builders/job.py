@@ -181,7 +181,10 @@ def build_job(
                 {
                     "action": "FailJob",
                     "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_CODE_PERMANENT]},
-                }
+                },
+                # A pod preempted, evicted or drained off its node did not fail: its retry
+                # (from the last checkpoint) does not use up backoffLimit.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
         "template": build_pod_template(body, spec, settings, config, stage, config_map),

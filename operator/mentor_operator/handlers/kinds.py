@@ -5,6 +5,7 @@ What differs per kind is declared on its KindApi (api/), not here."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import kopf
@@ -12,9 +13,13 @@ import kopf
 from ..api import GROUP, KINDS, VERSION, KindApi
 from ..builders.inputs import dependencies
 from ..metrics import PHASES
+from ..status import RUNNER_PHASES
 from .reconcile import reconcile
 
 ROLLOUT_CHECK_SECONDS = 30
+# How long a stage resource may sit unchanged before its runner is read again (a missed or
+# lost Job event, pods that never start); read at import, as kopf registers timers then.
+RESYNC_SECONDS = float(os.environ.get("MENTOR_RESYNC_SECONDS") or 60)
 
 
 def register(api: KindApi) -> None:
@@ -26,6 +31,16 @@ def register(api: KindApi) -> None:
     @kopf.on.update(GROUP, VERSION, plural, field="spec", id="reconcile-update")
     def reconcile_handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
+
+    if api.workload == "stage":
+        # Level-triggered resync of what a runner decides; a finished resource has nothing to
+        # re-read (kopf stops the timer once `when` no longer holds).
+        @kopf.timer(
+            GROUP, VERSION, plural, id="resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=RESYNC_SECONDS,
+            when=lambda status, **_: status.get("phase") in RUNNER_PHASES,
+        )
+        def resync_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+            reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
 
     if api.workload == "serving":
         # A rollout advances with time (a canary's analysis falls due) and on the rollout

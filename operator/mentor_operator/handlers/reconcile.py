@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
@@ -21,29 +22,41 @@ from mentor_trainer.timestamps import parse_utc
 from mentor_trainer.config.common import ADMITTED
 
 from ..api import KINDS
+from ..api.common import Scheduling
 from ..builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving
 from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
 from ..builders.serving import served_model_uri
-from ..kube import Kube
+from ..kube import ApiException, Kube
 from ..metrics import DRIFT_SCORE, DRIFT_SIGNAL_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
 from ..retraining import target_model
 from ..rollout import ROLLOUT_ANNOTATION, Versions, analysis_due, choose_versions, manual_decision, recorded
 from ..settings import Settings
 from ..status import (
+    SPEC_DIGEST_ANNOTATION,
     TERMINAL_PHASES,
+    RunnerState,
     inference_service_phase,
     now,
+    overwrites_terminal,
     parse_result,
+    pod_selector,
     pod_termination,
     result_status,
     runner_state,
+    runs_spec,
     set_condition,
+    spec_digest,
+    start_overdue,
+    start_problem,
 )
 
 from .retrain import step_retrainings
 
 log = logging.getLogger("mentor.reconcile")
+# A status write that keeps meeting a newer version (stage progress reports, another handler)
+# gives up after this many tries; kopf then retries the handler with a fresh read.
+STATUS_WRITE_ATTEMPTS = 4
 
 @dataclass
 class Context:
@@ -67,12 +80,27 @@ def format_validation_error(error: ValidationError) -> str:
 
 
 def _write_status(ctx: Context, body: dict[str, Any], changes: dict[str, Any], event: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Merge `changes` into status when they change anything; post `event` (type, reason) then."""
+    """Merge `changes` into status when they change anything; post `event` (type, reason) then.
+    The write is conditional on the version it was decided from: on a conflict it is decided
+    again against the fresh status, so a stale non-terminal write never hides a finished run."""
     meta = body["metadata"]
     current = body.get("status") or {}
-    if all(current.get(key) == value for key, value in changes.items()):
-        return current
-    ctx.kube.patch_status(body["kind"], meta["namespace"], meta["name"], changes)
+    version = meta.get("resourceVersion")
+    for _ in range(STATUS_WRITE_ATTEMPTS):
+        if overwrites_terminal(current, changes) or all(current.get(key) == value for key, value in changes.items()):
+            return current
+        try:
+            ctx.kube.patch_status(body["kind"], meta["namespace"], meta["name"], changes, version)
+            break
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        fresh = ctx.kube.get(body["kind"], meta["namespace"], meta["name"])
+        if fresh is None:  # deleted meanwhile: nothing to write to
+            return current
+        current, version = fresh.get("status") or {}, fresh["metadata"]["resourceVersion"]
+    else:
+        raise kopf.TemporaryError(f"status of {meta['name']} kept changing under {STATUS_WRITE_ATTEMPTS} writes", delay=1)
     merged = {**current, **changes}
     PHASES.observe(body["kind"], meta["namespace"], meta["name"], merged.get("phase"))
     if event and changes.get("message") and changes.get("message") != current.get("message"):
@@ -121,6 +149,10 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
         return "invalid"
     if status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == meta.get("generation"):
         return "done"
+    if status.get("phase") in TERMINAL_PHASES and api.workload == "stage" and _ran(status):
+        # an edit after the run ended: its Job is done and immutable, so nothing reruns
+        _write_status(ctx, body, _previous_spec_status(body, status, status["phase"]))
+        return "done"
 
     resolution = resolve_inputs(body["kind"], body["spec"], lookup)
     if not resolution.ready:
@@ -141,6 +173,8 @@ def _reconcile_stage(ctx: Context, body: dict[str, Any], spec: Any, resolution: 
     """A kind whose stage Job (or TrainJob) is the resource: apply it, fold its state."""
     status = body.get("status") or {}
     plan = plan_job_children(body, spec, resolution.values, ctx.settings, ctx.kubeflow_trainer)
+    runner_meta = plan.runner["metadata"]
+    runner_meta["annotations"] = {**(runner_meta.get("annotations") or {}), SPEC_DIGEST_ANNOTATION: spec_digest(body["spec"])}
     runner = _apply(ctx, plan.children, plan.runner)
     extra = {"outputUri": out, "children": _children_names(plan.children), **resolution.status}
     if not status.get("startTime"):
@@ -179,6 +213,8 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
     kind = body["kind"]
     meta = body["metadata"]
     state = runner_state(runner)
+    if state.phase == "Pending" and runner is not None:
+        state = _pending_state(ctx, body, runner, state)
     changes = _phase_status(body, state.phase, state.reason, state.message, ready=state.phase == "Succeeded")
     changes.update(extra or {})
     if state.start_time:
@@ -186,8 +222,7 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
     event = None
     if state.phase in TERMINAL_PHASES and runner is not None:
         changes["completionTime"] = state.completion_time or now()
-        pods = ctx.kube.list("Pod", meta["namespace"], "v1", f"batch.kubernetes.io/job-name={runner['metadata']['name']}")
-        termination = pod_termination(pods, state.phase)
+        termination = pod_termination(_pods(ctx, runner), state.phase)
         if state.phase == "Failed":
             if termination:
                 changes.update(_phase_status(body, "Failed", termination[0], termination[1]))
@@ -197,10 +232,85 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
             out = changes.get("outputUri") or (body.get("status") or {}).get("outputUri")
             changes.update(result_status(KINDS[kind], result, out, changes["conditions"], meta.get("generation")))
             event = ("Warning", "GatesFailed") if result.get("passed") is False else ("Normal", "StageSucceeded")
+    if runner is not None:
+        changes.update(_spec_applied_status(body, {**(body.get("status") or {}), **changes}, runner, state.phase))
     _write_status(ctx, body, changes, event)
     if runner is not None:
         ctx.folded[runner["metadata"]["uid"]] = state.phase
     return state.phase
+
+
+def _ran(status: dict[str, Any]) -> bool:
+    """Did a runner take this resource to its end (not a spec or dependency refusal)?"""
+    children = status.get("children") or {}
+    return bool(children.get("job") or children.get("trainJob"))
+
+
+def _spec_applied_status(body: dict[str, Any], status: dict[str, Any], runner: dict[str, Any], phase: str) -> dict[str, Any]:
+    """SpecApplied and observedGeneration from whether the runner was made from the current
+    spec; the condition only appears once an edit was not applied (and flips back on a revert)."""
+    if not runs_spec(runner, body.get("spec") or {}):
+        return _previous_spec_status(body, status, phase)
+    if not any(c.get("type") == "SpecApplied" for c in status.get("conditions") or []):
+        return {}
+    generation = body["metadata"].get("generation")
+    message = "the job runs with the current spec"
+    return {"conditions": set_condition(status.get("conditions"), "SpecApplied", True, "Applied", message, generation)}
+
+
+def _previous_spec_status(body: dict[str, Any], status: dict[str, Any], phase: str) -> dict[str, Any]:
+    """A runner follows the spec it was made from (only suspend reaches a started one): the
+    status keeps the generation that spec had, SpecApplied=False says so, and a Warning event
+    the first time for a generation."""
+    generation = body["metadata"].get("generation")
+    ran_with = (body.get("status") or {}).get("observedGeneration")
+    said = next((c for c in status.get("conditions") or [] if c.get("type") == "SpecApplied"), {})
+    if phase in TERMINAL_PHASES:
+        reason, doing = "FinishedWithPreviousSpec", "finished"
+    else:
+        reason, doing = "RunningWithPreviousSpec", "keeps running"
+    message = (
+        f"generation {generation} edits the spec, but the job {doing} with generation {ran_with}'s spec "
+        f"(a started job only follows spec.suspend): create a new {body['kind']} to run with the edited spec"
+    )
+    if (said.get("status"), said.get("observedGeneration")) != ("False", generation):
+        kopf.warn(body, reason="SpecNotApplied", message=message)
+    conditions = set_condition(status.get("conditions"), "SpecApplied", False, reason, message, generation)
+    return {"conditions": conditions, "observedGeneration": ran_with}
+
+
+def _pending_state(ctx: Context, body: dict[str, Any], runner: dict[str, Any], state: RunnerState) -> RunnerState:
+    """A runner still waiting for its pods: why (once it was seen pending before: a burst of
+    new Jobs lists no pods), and Failed once past spec.scheduling.startTimeoutSeconds, with
+    the runner suspended so its pods stop holding nodes, quota or image pulls."""
+    meta = runner["metadata"]
+    if ctx.folded.get(meta["uid"]) != "Pending":
+        return state
+    problem = _start_problem(ctx, runner)
+    timeout = Scheduling.model_validate((body.get("spec") or {}).get("scheduling") or {}).start_timeout_seconds
+    if start_overdue(runner, timeout, datetime.now(timezone.utc)):
+        ctx.kube.patch(runner["kind"], meta["namespace"], meta["name"], {"spec": {"suspend": True}}, runner["apiVersion"])
+        why = f": {problem[0]}: {problem[1]}" if problem else ""
+        return RunnerState("Failed", "StartTimeout", f"the stage's pods did not start within {timeout}s{why}", state.start_time)
+    if problem:
+        return RunnerState("Pending", problem[0], f"the stage's pods do not start: {problem[1]}", state.start_time)
+    return state
+
+
+def _start_problem(ctx: Context, runner: dict[str, Any]) -> tuple[str, str] | None:
+    pods = _pods(ctx, runner)
+    events = [] if pods else _events(ctx, runner)
+    return start_problem(pods, events)
+
+
+def _events(ctx: Context, obj: dict[str, Any]) -> list[dict[str, Any]]:
+    meta = obj["metadata"]
+    selector = f"involvedObject.kind={obj['kind']},involvedObject.name={meta['name']}"
+    return ctx.kube.list("Event", meta["namespace"], "v1", field_selector=selector)
+
+
+def _pods(ctx: Context, runner: dict[str, Any]) -> list[dict[str, Any]]:
+    return ctx.kube.list("Pod", runner["metadata"]["namespace"], "v1", pod_selector(runner))
 
 
 def _reconcile_serving(ctx: Context, body: dict[str, Any], spec: Any, resolution: Resolution, out: str) -> str:
@@ -340,8 +450,7 @@ def _decide(
 def _termination(ctx: Context, job: dict[str, Any] | None, phase: str) -> tuple[str, str] | None:
     if job is None:
         return None
-    pods = ctx.kube.list("Pod", job["metadata"]["namespace"], "v1", f"batch.kubernetes.io/job-name={job['metadata']['name']}")
-    return pod_termination(pods, phase)
+    return pod_termination(_pods(ctx, job), phase)
 
 
 def _export_result(ctx: Context, body: dict[str, Any], export_job: dict[str, Any]) -> dict[str, Any]:
