@@ -20,6 +20,7 @@ from tests.cluster.controlplane import ControlPlane
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CRDS = ROOT.parent / "shared" / "third_party" / "crds"
 PEERING_CRDS = ROOT / "manifests" / "base" / "kopf-peering-crds.yaml"
+OPERATOR_RBAC = ROOT / "manifests" / "base" / "rbac.yaml"
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "condition") -> Any:
@@ -106,10 +107,24 @@ def cluster(tmp_path_factory) -> ControlPlane:
         cp.stop()
 
 
+def operator_kubeconfig(cp: ControlPlane) -> Path:
+    """Credentials of the operator's ServiceAccount, bound to the ClusterRole the manifests
+    install (the chart's rules are the same): the tested operator holds exactly the rights a
+    deployed one does, so a verb missing from the role fails the test that needs it."""
+    cp.kubectl("create", "namespace", "mentor-system", check=False)
+    cp.apply(OPERATOR_RBAC.read_text())
+    return cp.service_account_kubeconfig("mentor-system", "mentor-operator")
+
+
 @pytest.fixture(scope="session")
 def operator(cluster, tmp_path_factory) -> Operator:
     # Watches the t-* namespaces of the `ns` fixture; the peering test uses its own.
-    op = Operator(cluster, tmp_path_factory.mktemp("operator"), extra_args=("--standalone", "-n", "t-*"))
+    op = Operator(
+        cluster,
+        tmp_path_factory.mktemp("operator"),
+        extra_args=("--standalone", "-n", "t-*"),
+        env={"KUBECONFIG": str(operator_kubeconfig(cluster))},
+    )
     op.start()
     yield op
     op.stop()
@@ -147,6 +162,8 @@ class Namespace:
 def ns(cluster) -> Namespace:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
+    # every pod the operator's children make passes the real Pod Security admission
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     yield Namespace(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

@@ -636,7 +636,14 @@ class ControlPlane:
         for f in ("ca.key", "apiserver.key", "sa.key"):
             (pki / f).chmod(0o600)
 
-    def _write_kubeconfig(self, path: Path) -> None:
+    def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 12) -> Path:
+        """A kubeconfig with a token of the (existing) ServiceAccount namespace/name."""
+        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={hours}h").stdout.strip()
+        path = self.workdir / f"{namespace}-{name}.kubeconfig"
+        self._write_kubeconfig(path, name, token)
+        return path
+
+    def _write_kubeconfig(self, path: Path, user: str = "admin", token: str | None = None) -> None:
         # JSON is YAML; no dependency needed.
         cfg = {
             "apiVersion": "v1",
@@ -650,11 +657,11 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [{"name": "admin", "user": {"token": self._token}}],
+            "users": [{"name": user, "user": {"token": token or self._token}}],
             "contexts": [
                 {
                     "name": "mentor-test",
-                    "context": {"cluster": "mentor-test", "user": "admin", "namespace": "default"},
+                    "context": {"cluster": "mentor-test", "user": user, "namespace": "default"},
                 }
             ],
             "current-context": "mentor-test",

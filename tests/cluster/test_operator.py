@@ -59,7 +59,7 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
         objects += plan_serving(body, md, {"model_uri": "s3://m/x/"}, settings, "s3://m/x/", "s3://m/y/")
         objects += plan_rollout_analysis(body, md, settings, "s3://m/x/", "s3://m/y/", "2026-11-30T01:00:00Z", 0).children
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"ConfigMap", "Job", "Service", "TrainJob", "InferenceService", "CronJob"}
+    assert kinds == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job", "Service", "TrainJob", "InferenceService", "CronJob"}
     result = cluster.kubectl(
         "apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-",
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}), check=False,

@@ -136,8 +136,8 @@ def required_permissions() -> dict[tuple[str, str], set[str]]:
         # kopf peering keep-alives (cluster-wide; namespaced when run with --namespace).
         ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
         ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-        # kopf.info / kopf.warn in handlers/reconcile.py.
-        ("", "events"): {"create"},
+        # kopf.info / kopf.warn in handlers/reconcile.py; a runner's events (why its pods wait).
+        ("", "events"): {"create", "list"},
         # Kube.apply: server-side apply, which creates on first use.
         ("", "configmaps"): {"create", "patch"},
         ("", "services"): {"create", "patch"},
@@ -148,7 +148,7 @@ def required_permissions() -> dict[tuple[str, str], set[str]]:
         ("serving.kserve.io", "inferenceservices"): {"list", "watch", "create", "patch"},
         # status.pod_termination: pods listed by job-name label.
         ("", "pods"): {"list"},
-        # handlers/reconcile._ensure_stage_access: the stage account and its progress Role.
+        # builders/access.py: each resource's stage account, its progress Role and binding.
         ("", "serviceaccounts"): {"create"},
         ("rbac.authorization.k8s.io", "roles"): {"create"},
         ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
@@ -162,8 +162,6 @@ def required_permissions() -> dict[tuple[str, str], set[str]]:
     return required
 
 
-# Granted though the code does not need them yet: newer event clients.
-ALLOWED_EXTRA = {("events.k8s.io", "events")}
 READ_ONLY = {("", "pods")}
 READ_VERBS = {"get", "list", "watch"}
 
@@ -281,8 +279,10 @@ def check_operator_rules(rules: list[dict[str, Any]]) -> None:
     granted = normalized(rules)
     assert not [t for t in granted if "*" in t], "no wildcard groups, resources or verbs"
     assert not [t for t in granted if t[1].split("/")[0] == "secrets"], "the operator reads no Secrets"
-    extra = {(g, r) for g, r, _ in granted} - set(required_permissions()) - ALLOWED_EXTRA
+    extra = {(g, r) for g, r, _ in granted} - set(required_permissions())
     assert not extra, f"grants on resources the operator never touches: {sorted(extra)}"
+    unused = granted - set(required_triples())
+    assert not unused, f"verbs the operator never calls: {sorted(unused)}"
     for group, resource in READ_ONLY:
         verbs = {v for g, r, v in granted if (g, r) == (group, resource)}
         assert verbs <= READ_VERBS, f"{resource} must stay read-only, got {verbs}"
