@@ -3,7 +3,8 @@ repaired by the resync, a spec edit a running Job cannot follow is not claimed a
 and pods that never start say why and fail after the start timeout.
 
 These tests run their own operator, resyncing every 2 s (60 s by default), on the s-*
-namespaces; the session operator keeps the t-* ones."""
+namespaces (the session operator keeps the t-* ones), with the same rights and Pod Security
+as the session's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.cluster.conftest import Namespace, Operator, pod_annotations, resource, wait_for
+from tests.cluster.conftest import Namespace, Operator, operator_kubeconfig, pod_annotations, resource, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -22,7 +23,7 @@ DATASET = {"sources": [{"name": "docs", "uri": "s3://bucket/docs/"}]}
 @pytest.fixture(scope="module")
 def resyncing_operator(cluster, tmp_path_factory) -> Operator:
     op = Operator(cluster, tmp_path_factory.mktemp("status-operator"), extra_args=("--standalone", "-n", "s-*"),
-                  env={"MENTOR_RESYNC_SECONDS": "2"})
+                  env={"MENTOR_RESYNC_SECONDS": "2", "KUBECONFIG": str(operator_kubeconfig(cluster))})
     op.start()
     yield op
     op.stop()
@@ -32,6 +33,7 @@ def resyncing_operator(cluster, tmp_path_factory) -> Operator:
 def ns(cluster, resyncing_operator) -> Namespace:
     name = f"s-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     yield Namespace(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
