@@ -33,6 +33,7 @@ from mentor_operator.kube import Kube  # noqa: E402
 
 NAMESPACE = "bench"
 THREADS = 16
+GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,6 +89,75 @@ def finetune_job(i: int) -> dict:
     }
 
 
+def stop(operator: subprocess.Popen) -> float | None:
+    """SIGTERM, as Kubernetes stops a pod; seconds to exit, or None past the grace period
+    (then SIGKILL, as the kubelet would)."""
+    started = time.perf_counter()
+    operator.terminate()
+    try:
+        operator.wait(GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        operator.kill()
+        operator.wait()
+        return None
+    return time.perf_counter() - started
+
+
+def report(args: argparse.Namespace, figures: dict, log: Path) -> int:
+    n, done = args.n, figures["done"]
+    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "n": n}))
+    print(f"applied {n} FineTuneJobs in {figures['create_seconds']:.1f}s (client side, {THREADS} threads)")
+    print(f"operator peak RSS: {figures['peak_rss']:.0f} MB  (target <= 150 MB)")
+    raw_rate = figures["raw_rate"]
+    print(f"raw API server create rate, same run: {raw_rate:.0f} Jobs/s -> {n / raw_rate:.1f}s for {n} Jobs alone")
+    if done is None:
+        print(f"NOT DONE within {args.timeout}s; operator log: {log}")
+        return 1
+    cpu = figures["operator_cpu"]
+    print(f"all Jobs created and every status set: {done:.1f}s  (target <= 30 s; controller-runtime anchor ~39 s on kind)")
+    print(f"operator CPU: {cpu:.1f} s for {n} resources ({cpu / n * 1000:.1f} ms each); "
+          f"the API server, etcd, controllers and the client share the other {2 * done - cpu:.0f} core-seconds")
+    print(f"operator: {n / done:.0f} resources/s = {(n / done) / raw_rate:.2f} of the raw Job create rate")
+    return 0
+
+
+def measure(args: argparse.Namespace, kube: Kube, operator: subprocess.Popen, log: Path) -> dict:
+    """Warm up, apply N FineTuneJobs, poll until every Job and status is there."""
+    peak = [0.0]
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while not stop_sampling.is_set() and operator.poll() is None:
+            peak[0] = max(peak[0], rss_peak_mb(operator.pid))
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
+    if os.environ.get("MENTOR_BENCH_PROFILE"):  # e.g. py-spy record --pid {pid} -o flame.txt -f raw
+        subprocess.Popen(os.environ["MENTOR_BENCH_PROFILE"].format(pid=operator.pid), shell=True)
+    # Warm-up: the clock starts once the operator handles resources (watches up, CRDs served).
+    kube.apply(finetune_job(-1))
+    while not kube.get("Job", NAMESPACE, "ftj--001-sft", "batch/v1"):
+        if operator.poll() is not None:
+            raise SystemExit(f"operator exited; log: {log}")
+        time.sleep(0.2)
+    cpu_before = cpu_seconds(operator.pid)
+    started = time.perf_counter()
+    create_seconds = create_all(kube, [finetune_job(i) for i in range(args.n)])
+    done = None
+    while time.perf_counter() - started < args.timeout:
+        jobs = kube.list("Job", NAMESPACE, "batch/v1", "mentor.dev/kind=FineTuneJob")
+        ftjs = kube.request("GET", f"/apis/mentor.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs")["items"]
+        with_status = sum(1 for f in ftjs if (f.get("status") or {}).get("phase") == "Suspended")
+        if len(jobs) >= args.n + 1 and with_status >= args.n + 1:
+            done = time.perf_counter() - started
+            break
+        print(f"  {time.perf_counter() - started:6.1f}s: {len(jobs)} Jobs, {with_status} statuses", file=sys.stderr, flush=True)
+        time.sleep(1)
+    stop_sampling.set()
+    return {"create_seconds": create_seconds, "done": done, "peak_rss": max(peak[0], rss_peak_mb(operator.pid)),
+            "operator_cpu": cpu_seconds(operator.pid) - cpu_before}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="FineTuneJobs to apply (default 1000).")
@@ -111,53 +181,15 @@ def main() -> int:
             [sys.executable, "-m", "mentor_operator", "--standalone", "-n", NAMESPACE],
             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )
-        peak = [0.0]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set() and operator.poll() is None:
-                peak[0] = max(peak[0], rss_peak_mb(operator.pid))
-                time.sleep(0.2)
-
-        threading.Thread(target=sample, daemon=True).start()
-        if os.environ.get("MENTOR_BENCH_PROFILE"):  # e.g. py-spy record --pid {pid} -o flame.txt -f raw
-            subprocess.Popen(os.environ["MENTOR_BENCH_PROFILE"].format(pid=operator.pid), shell=True)
-        # Warm-up: the clock starts once the operator handles resources (watches up, CRDs served).
-        kube.apply(finetune_job(-1))
-        while not kube.get("Job", NAMESPACE, "ftj--001-sft", "batch/v1"):
-            if operator.poll() is not None:
-                raise SystemExit(f"operator exited; log: {log}")
-            time.sleep(0.2)
-        cpu_before = cpu_seconds(operator.pid)
-        started = time.perf_counter()
-        create_seconds = create_all(kube, [finetune_job(i) for i in range(args.n)])
-        done = None
-        while time.perf_counter() - started < args.timeout:
-            jobs = kube.list("Job", NAMESPACE, "batch/v1", "mentor.dev/kind=FineTuneJob")
-            ftjs = kube.request("GET", f"/apis/mentor.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs")["items"]
-            with_status = sum(1 for f in ftjs if (f.get("status") or {}).get("phase") == "Suspended")
-            if len(jobs) >= args.n + 1 and with_status >= args.n + 1:
-                done = time.perf_counter() - started
-                break
-            print(f"  {time.perf_counter() - started:6.1f}s: {len(jobs)} Jobs, {with_status} statuses", file=sys.stderr, flush=True)
-            time.sleep(1)
-        peak_rss = max(peak[0], rss_peak_mb(operator.pid))
-        operator_cpu = cpu_seconds(operator.pid) - cpu_before
-        stop.set()
-        operator.terminate()
-        operator.wait(30)
-    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "n": args.n}))
-    print(f"applied {args.n} FineTuneJobs in {create_seconds:.1f}s (client side, {THREADS} threads)")
-    if done is None:
-        print(f"NOT DONE within {args.timeout}s; operator log: {log}")
-        return 1
-    print(f"all Jobs created and every status set: {done:.1f}s  (target <= 30 s; controller-runtime anchor ~39 s on kind)")
-    print(f"operator peak RSS: {peak_rss:.0f} MB  (target <= 150 MB)")
-    print(f"operator CPU: {operator_cpu:.1f} s for {args.n} resources ({operator_cpu / args.n * 1000:.1f} ms each); "
-          f"the API server, etcd, controllers and the client share the other {2 * done - operator_cpu:.0f} core-seconds")
-    print(f"raw API server create rate, same run: {raw_rate:.0f} Jobs/s -> {args.n / raw_rate:.1f}s for {args.n} Jobs alone")
-    print(f"operator: {args.n / done:.0f} resources/s = {(args.n / done) / raw_rate:.2f} of the raw Job create rate")
-    return 0
+        try:
+            figures = measure(args, kube, operator, log)
+            code = report(args, {**figures, "raw_rate": raw_rate}, log)
+        finally:
+            # Measured and printed first: a slow exit is a figure, never a lost run.
+            seconds = stop(operator)
+        exit_figure = f"{seconds:.1f}s" if seconds is not None else f"still running after {GRACE_SECONDS}s, killed"
+        print(f"operator exit after SIGTERM: {exit_figure}  (Kubernetes kills after {GRACE_SECONDS} s by default)")
+    return code
 
 
 if __name__ == "__main__":
