@@ -155,10 +155,13 @@ def start_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> t
     return None
 
 
-def start_overdue(runner: dict[str, Any], timeout_seconds: int, at: datetime) -> bool:
-    """Has `runner` waited longer than `timeout_seconds` for its pods, counted from when it
-    started or was last resumed (a Job resets its startTime on resume)?"""
-    since = parse_utc((runner.get("status") or {}).get("startTime") or runner["metadata"].get("creationTimestamp"))
+def start_overdue(runner: dict[str, Any], pods: list[dict[str, Any]], timeout_seconds: int, at: datetime) -> bool:
+    """Has `runner` waited longer than `timeout_seconds` for its pods? Counted from when it
+    started or was last resumed (a Job resets its startTime on resume), or from its newest
+    pod's creation: a pod that replaces an evicted one waits afresh, however long the job ran."""
+    stamps = [(runner.get("status") or {}).get("startTime") or runner["metadata"].get("creationTimestamp")]
+    stamps += [pod["metadata"].get("creationTimestamp") for pod in pods]
+    since = max(filter(None, map(parse_utc, stamps)), default=None)
     return since is not None and (at - since).total_seconds() > timeout_seconds
 
 

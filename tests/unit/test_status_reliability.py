@@ -172,8 +172,9 @@ def test_an_edit_after_the_run_ended_keeps_its_generation(warnings):
     assert [w["reason"] for w in warnings] == ["SpecNotApplied"]
 
 
-def pending_pod(**status: Any) -> dict[str, Any]:
-    return {"kind": "Pod", "metadata": {"name": "ft-sft-x", "namespace": "ns", "labels": {"batch.kubernetes.io/job-name": "ft-sft"}},
+def pending_pod(created: str = "2026-01-01T00:00:00Z", **status: Any) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": "ft-sft-x", "namespace": "ns", "creationTimestamp": created,
+                                        "labels": {"batch.kubernetes.io/job-name": "ft-sft"}},
             "status": {"phase": "Pending", **status}}
 
 
@@ -198,8 +199,10 @@ def test_why_pods_do_not_start():
 
 def test_a_job_whose_pods_wait_says_why_then_fails_after_the_start_timeout(warnings):
     spec = {**SPEC, "scheduling": {"startTimeoutSeconds": 600}}
-    fresh = job({"active": 1, "ready": 0, "startTime": "2999-01-01T00:00:00Z"}, spec)  # started "now": within any timeout
-    kube = FakeKube(resource({"phase": "Pending", "observedGeneration": 1}, spec=spec), fresh, pending_pod(**IMAGE_PULL))
+    # The Job started long ago, but its pod is new (it replaces an evicted one): it waits afresh.
+    started_long_ago = job({"active": 1, "ready": 0, "startTime": "2026-01-01T00:00:00Z"}, spec)
+    kube = FakeKube(resource({"phase": "Pending", "observedGeneration": 1}, spec=spec), started_long_ago,
+                    pending_pod(created="2999-01-01T00:00:00Z", **IMAGE_PULL))
     ctx = context(kube)
     # the first fold of a new Job lists no pods (a burst of new Jobs would list them for each)
     assert rec.fold_runner(ctx, kube.get("FineTuneJob", "ns", "ft"), kube.get("Job", "ns", "ft-sft")) == "Pending"
@@ -210,7 +213,7 @@ def test_a_job_whose_pods_wait_says_why_then_fails_after_the_start_timeout(warni
     assert [c["reason"] for c in status["conditions"] if c["type"] == "Ready"] == ["ImagePullBackOff"]
     assert kube.patches == []
 
-    kube.put(job({"active": 1, "ready": 0, "startTime": "2026-01-01T00:00:00Z"}, spec))  # long ago
+    kube.put(pending_pod(**IMAGE_PULL))  # the same pod, created long ago: past the timeout
     assert rec.fold_runner(ctx, kube.get("FineTuneJob", "ns", "ft"), kube.get("Job", "ns", "ft-sft")) == "Failed"
     status = kube.get("FineTuneJob", "ns", "ft")["status"]
     assert status["phase"] == "Failed" and status["message"].startswith("the stage's pods did not start within 600s: ImagePullBackOff")

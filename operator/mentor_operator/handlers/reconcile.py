@@ -286,21 +286,16 @@ def _pending_state(ctx: Context, body: dict[str, Any], runner: dict[str, Any], s
     meta = runner["metadata"]
     if ctx.folded.get(meta["uid"]) != "Pending":
         return state
-    problem = _start_problem(ctx, runner)
+    pods = _pods(ctx, runner)
+    problem = start_problem(pods, [] if pods else _events(ctx, runner))
     timeout = Scheduling.model_validate((body.get("spec") or {}).get("scheduling") or {}).start_timeout_seconds
-    if start_overdue(runner, timeout, datetime.now(timezone.utc)):
+    if start_overdue(runner, pods, timeout, datetime.now(timezone.utc)):
         ctx.kube.patch(runner["kind"], meta["namespace"], meta["name"], {"spec": {"suspend": True}}, runner["apiVersion"])
         why = f": {problem[0]}: {problem[1]}" if problem else ""
         return RunnerState("Failed", "StartTimeout", f"the stage's pods did not start within {timeout}s{why}", state.start_time)
     if problem:
         return RunnerState("Pending", problem[0], f"the stage's pods do not start: {problem[1]}", state.start_time)
     return state
-
-
-def _start_problem(ctx: Context, runner: dict[str, Any]) -> tuple[str, str] | None:
-    pods = _pods(ctx, runner)
-    events = [] if pods else _events(ctx, runner)
-    return start_problem(pods, events)
 
 
 def _events(ctx: Context, obj: dict[str, Any]) -> list[dict[str, Any]]:
