@@ -16,6 +16,11 @@ class Settings(BaseModel):
     serve_image: str = Field(default="ghcr.io/mentor-dev/mentor-serve:0.1.0", description="Image of the mentor runtime.")
     image_pull_policy: str = Field(default="IfNotPresent", description="Pull policy of job images.")
     artifact_root: str = Field(default="s3://mentor-artifacts", description="Root of default output URIs.")
+    output_roots: list[str] = Field(
+        default_factory=list,
+        description="Prefixes a resource may write under, `{namespace}` replaced by its namespace (comma-separated; "
+        "empty: <artifactRoot>/<namespace>/ only).",
+    )
     s3_endpoint: str | None = Field(default=None, description="S3/MinIO endpoint handed to stages (host:port or URL).")
     s3_credentials_secret: str | None = Field(
         default="mentor-s3-credentials",

@@ -46,6 +46,7 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
                      "distributed": {"nodes": 2, "gpusPerNode": 2}},
          {"policy_model": "s3://m/p/", "reward_model": "s3://m/rm/", "dataset_uri": "s3://a/d/"}, False),
         ("Evaluation", {"modelUri": "s3://m/x/", "datasetRef": {"name": "d"}}, {"model_uri": "s3://m/x/", "dataset_uri": "s3://a/d/"}, False),
+        ("DomainDataset", {"sources": [{"name": "d", "uri": "pvc://docs/raw/"}], "outputUri": "pvc://work/out/"}, {}, False),  # claims mounted
     ]
     objects = []
     for i, (kind, spec, resolved, kubeflow) in enumerate(variants):
@@ -297,6 +298,20 @@ def test_missing_reference_waits_then_proceeds_when_it_appears(operator, ns):
     assert ns.items("jobs") == []
     ns.apply(dataset("later"))
     ns.wait_phase("FineTuneJob", "ft", "Succeeded", timeout=90)
+
+
+def test_an_output_that_would_overwrite_an_input_or_another_namespace_fails_naming_it(operator, ns):
+    ns.apply(
+        resource("DomainDataset", "over", {"sources": [{"name": "d", "uri": "s3://mentor-artifacts/" + ns.name + "/raw/"}],
+                                           "outputUri": "s3://mentor-artifacts/" + ns.name + "/"}),
+        resource("DomainDataset", "away", {"sources": [{"name": "d", "uri": "s3://b/d/"}], "outputUri": "s3://mentor-artifacts/other-team/x/"}),
+    )
+    over = ns.wait_phase("DomainDataset", "over", "Failed")
+    assert "spec.outputUri" in over["message"] and "overlaps spec.sources[0].uri" in over["message"]
+    away = ns.wait_phase("DomainDataset", "away", "Failed")
+    assert "lies outside this namespace's artifact roots" in away["message"]
+    assert ns.items("jobs") == []
+    assert any(e["reason"] == "InvalidStorage" for e in ns.events("away"))
 
 
 def test_failed_evaluation_blocks_the_deployment(operator, ns):

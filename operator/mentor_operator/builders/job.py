@@ -8,11 +8,13 @@ from typing import Any
 
 from mentor_trainer.config import StageRuntime
 from mentor_trainer.config.common import secret_refs
+from mentor_trainer.storage import DEFAULT_PVC_ROOT
 
 from ..api.common import JobSpecBase
 from ..settings import Settings
 from .access import reports_progress, stage_account, status_path
 from .meta import KUEUE_QUEUE_LABEL, child_name, labels, object_meta
+from .uris import claims
 
 CONFIG_DIR = "/etc/mentor"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
@@ -126,12 +128,23 @@ def build_pod_template(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
         ],
     }
+    _mount_claims(pod_spec, claims(config.to_wire()))
     pod_spec.update(_placement(body, spec))
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
     if not settings.report_progress and not sched.service_account_name:  # no use for an API token then
         pod_spec["automountServiceAccountToken"] = False
     return {"metadata": _pod_metadata(body, spec, stage), "spec": pod_spec}
+
+
+def _mount_claims(pod_spec: dict[str, Any], claimed: dict[str, bool]) -> None:
+    """Mount each PersistentVolumeClaim the stage's pvc:// URIs name where the stage looks for
+    it (read-only unless the stage writes there)."""
+    container = pod_spec["containers"][0]
+    for index, (claim, writable) in enumerate(sorted(claimed.items())):
+        volume = f"pvc-{index}"  # claim names may exceed a volume name's 63 characters
+        pod_spec["volumes"].append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
+        container["volumeMounts"].append({"name": volume, "mountPath": f"{DEFAULT_PVC_ROOT}/{claim}", "readOnly": not writable})
 
 
 def _placement(body: dict[str, Any], spec: JobSpecBase) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..api.common import Scheduling
 from ..builders import plan_export, plan_job_children, plan_rollout_analysis, plan_serving
 from ..builders.config import output_uri
 from ..builders.inputs import Lookup, Resolution, resolve_inputs
+from ..builders.uris import uri_problems
 from ..builders.serving import served_model_uri
 from ..kube import ApiException, Kube
 from ..metrics import DRIFT_SCORE, DRIFT_SIGNAL_SCORE, DRIFTED, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUTS
@@ -165,6 +166,10 @@ def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
         raise kopf.TemporaryError(message, delay=delay)
 
     out = output_uri(spec, body, ctx.settings)
+    problems = uri_problems(spec, body, resolution.values, out, ctx.settings, cluster=True)
+    if problems:
+        _write_status(ctx, body, _phase_status(body, "Failed", "InvalidStorage", "; ".join(problems)), ("Warning", "InvalidStorage"))
+        return "invalid"
     reconcile_workload = _reconcile_serving if api.workload == "serving" else _reconcile_stage
     return reconcile_workload(ctx, body, spec, resolution, out)
 
