@@ -20,6 +20,7 @@ from .api import KINDS
 from .builders import render_export_config, render_serve_config
 from .builders.config import output_uri, render_stage_config
 from .builders.inputs import resolve_inputs
+from .builders.uris import uri_problems
 from .resources import Document
 from .settings import Settings
 from .status import TERMINAL_PHASES, now, parse_result, result_status
@@ -169,6 +170,9 @@ class LocalExecutor:
         if not resolution.ready:
             return self._finish(body, "Failed", "; ".join(resolution.blocked or resolution.waiting), started)
         out = output_uri(spec, body, self.settings)
+        problems = uri_problems(spec, body, resolution.values, out, self.settings, cluster=False)
+        if problems:
+            return self._finish(body, "Failed", "; ".join(problems), started)
         body["status"].update(phase="Running", startTime=now(), outputUri=out, **resolution.status)
         stage = api.info.stage
         model = model_version or resolution.values.get("model_uri")

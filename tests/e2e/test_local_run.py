@@ -279,3 +279,17 @@ def test_invalid_files_run_nothing(tmp_path, capsys):
     assert main(["run", "-f", str(bad), "--root", str(tmp_path / "run")]) == 1
     assert f"{bad}: FineTuneJob/ft: spec.baseModel" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_output_inside_an_input_fails_before_anything_runs(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("tea " * 50)
+    resource = {"apiVersion": "mentor.dev/v1alpha1", "kind": "DomainDataset", "metadata": {"name": "d"},
+                "spec": {"sources": [{"name": "s", "uri": f"file://{docs}/"}], "outputUri": f"file://{docs}/out/"}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(resource))
+    root = tmp_path / "run"
+    assert main(["run", "-f", str(tmp_path / "d.yaml"), "--root", str(root)]) == 1
+    status = json.loads((root / "status/domaindataset-d.json").read_text())["status"]
+    assert status["phase"] == "Failed" and "overlaps spec.sources[0].uri" in status["message"]
+    assert not (docs / "out").exists() and (docs / "a.txt").exists()
