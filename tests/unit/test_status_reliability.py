@@ -5,6 +5,7 @@ The reconcile code runs against an in-memory API (FakeKube) with resourceVersion
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -170,6 +171,24 @@ def test_an_edit_after_the_run_ended_keeps_its_generation(warnings):
     assert status["phase"] == "Succeeded" and status["observedGeneration"] == 1
     assert [c["reason"] for c in status["conditions"]] == ["FinishedWithPreviousSpec"]
     assert [w["reason"] for w in warnings] == ["SpecNotApplied"]
+
+
+def test_the_resync_refolds_the_runner_status_names(warnings, monkeypatch):
+    """A Job that succeeded while its status write was lost: the resync reads it (and creates
+    nothing: FakeKube has no create) and the resource succeeds."""
+    done = job({"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-01-01T01:00:00Z"})
+    result = {"exitCode": 0, "reason": "Completed", "message": json.dumps({"modelUri": "s3://out/model/"})}
+    pod = {"kind": "Pod", "metadata": {"name": "ft-sft-x", "namespace": "ns", "labels": {"batch.kubernetes.io/job-name": "ft-sft"}},
+           "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": result}}]}}
+    kube = FakeKube(resource({**RUNNING, "children": {"job": "ft-sft"}}), done, pod)
+    rec.resync(context(kube), kube.get("FineTuneJob", "ns", "ft"))
+    status = kube.get("FineTuneJob", "ns", "ft")["status"]
+    assert (status["phase"], status["modelUri"], status["completionTime"]) == ("Succeeded", "s3://out/model/", "2026-01-01T01:00:00Z")
+    # no runner recorded (or it is gone): a full reconcile makes one
+    reconciled = []
+    monkeypatch.setattr(rec, "reconcile", lambda ctx, body, lookup=None: reconciled.append(body["metadata"]["name"]))
+    rec.resync(context(FakeKube()), resource({**RUNNING, "children": {"job": "gone"}}))
+    assert reconciled == ["ft"]
 
 
 def pending_pod(created: str = "2026-01-01T00:00:00Z", **status: Any) -> dict[str, Any]:

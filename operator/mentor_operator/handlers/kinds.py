@@ -14,7 +14,7 @@ from ..api import GROUP, KINDS, VERSION, KindApi
 from ..builders.inputs import dependencies
 from ..metrics import PHASES
 from ..status import RUNNER_PHASES
-from .reconcile import reconcile
+from .reconcile import reconcile, resync
 
 ROLLOUT_CHECK_SECONDS = 30
 # How long a stage resource may sit unchanged before its runner is read again (a missed or
@@ -40,7 +40,7 @@ def register(api: KindApi) -> None:
             when=lambda status, **_: status.get("phase") in RUNNER_PHASES,
         )
         def resync_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-            reconcile(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
+            resync(memo.ctx, plain(body), cached_lookup(memo.ctx, body["metadata"]["namespace"], kwargs))
 
     if api.workload == "serving":
         # A rollout advances with time (a canary's analysis falls due) and on the rollout

@@ -138,6 +138,24 @@ def reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup | None = None) 
         RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
+# status.children entries that name a stage's runner: (kind, apiVersion)
+RUNNERS = {"job": ("Job", "batch/v1"), "trainJob": ("TrainJob", "trainer.kubeflow.org/v1alpha1")}
+
+
+def resync(ctx: Context, body: dict[str, Any], lookup: Lookup | None = None) -> None:
+    """The periodic pass over a stage resource that has not changed for a while: re-fold the
+    runner its status names (one read, no writes unless the status is stale); without one
+    (none recorded yet, or it was deleted) a full reconcile makes it."""
+    meta = body["metadata"]
+    children = (body.get("status") or {}).get("children") or {}
+    for field_name, (kind, api_version) in RUNNERS.items():
+        runner = children.get(field_name) and ctx.kube.get(kind, meta["namespace"], children[field_name], api_version)
+        if runner:
+            fold_runner(ctx, body, runner)
+            return
+    reconcile(ctx, body, lookup)
+
+
 def _reconcile(ctx: Context, body: dict[str, Any], lookup: Lookup) -> str:
     api = KINDS[body["kind"]]
     meta = body["metadata"]
