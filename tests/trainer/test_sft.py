@@ -408,7 +408,7 @@ def test_s3_model_dataset_outputs_and_resume(tiny, dataset, tmp_path, monkeypatc
         with pytest.raises(Killed):
             run(config(), callbacks=(kill_after_save(2),))
         assert storage.exists_complete(out + "checkpoints/checkpoint-2")
-        assert storage.exists(out + "checkpoints/checkpoint-2/optimizer.pt")
+        assert storage.exists(out + "checkpoints/checkpoint-2/node-0/optimizer.pt")
 
         steps: list[int] = []
         result = run(config(), callbacks=(record_steps(steps),))  # a new pod: local disk is empty

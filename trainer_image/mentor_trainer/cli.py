@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from .config import STAGE_CONFIGS, StageResult
 from .errors import StageError
+from .train.distributed import is_main_process
 
 # stage -> module holding its main(config)
 STAGE_MODULES = {
@@ -76,12 +77,6 @@ def write_failure(message: str) -> None:
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
-
-
-def is_main_process() -> bool:
-    """Whether this process reports the result: the only one, or rank 0 under torchrun (the
-    other ranks' results lack what only rank 0 publishes)."""
-    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def result_message(wire: dict) -> str:
@@ -199,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         write_failure(f"{type(error).__name__}: {error}")
         return EXIT_TRANSIENT
     wire = result.to_wire()
-    if is_main_process():
+    if is_main_process():  # the other ranks' results lack what only rank 0 publishes
         write_termination(result_message(wire))
     print(json.dumps(wire, indent=2, sort_keys=True))
     return 0

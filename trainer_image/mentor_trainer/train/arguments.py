@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .. import storage
 from ..config.sft import SftStageConfig
 from .distributed import deepspeed_config, world_size
 
@@ -100,6 +101,9 @@ def training_arguments(config, checkpoint_dir: Path, precision: str, device: str
         save_strategy="steps",
         save_steps=config.checkpointing.every_steps,
         save_total_limit=config.checkpointing.keep_last,
+        # object stores: each node writes a whole checkpoint in its own local directory and
+        # publishes it as its part (checkpoints.py); HF then turns on DeepSpeed's node-local storage
+        save_on_each_node=not storage.parse(config.output_uri).is_local,
         logging_steps=1,
         logging_first_step=True,
         report_to="none",

@@ -19,6 +19,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def node_rank() -> int:
+    """This node's index (torchrun's GROUP_RANK); 0 without torchrun."""
+    return int(os.environ.get("GROUP_RANK", "0") or 0)
+
+
 def is_main_process() -> bool:
     return rank() == 0
 
