@@ -20,13 +20,14 @@ def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> TrainingResult
     out = storage.parse(config.output_uri)
     model = job.trainer.model
     rounded = {k: round(v, 6) for k, v in metrics.items()}
+    weights = full_state_dict(job.trainer)
     if not job.trainer.is_world_process_zero():
         return TrainingResult(mlflow_run_id=tracker.run_id, metrics=rounded)  # rank 0 writes
     adapter_uri = None
     if config.method in ADAPTER_METHODS:
         adapter = out.join("adapter")
         with storage.publish(adapter, {"kind": "adapter", "base": job.base_uri}) as staging:
-            _save(job, model, staging)
+            _save(job, model, staging, weights)
         adapter_uri = model_uri = str(adapter) + "/"
         if config.output.merge_adapter:
             merged = _merged_model(job, staging_adapter=adapter)
@@ -35,7 +36,7 @@ def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> TrainingResult
             model_uri = str(out.join("model")) + "/"
     else:
         with storage.publish(out.join("model"), {"kind": "model", "base": job.base_uri}) as staging:
-            _save(job, model, staging)
+            _save(job, model, staging, weights)
         model_uri = str(out.join("model")) + "/"
     registered = None
     if config.tracking.registered_model_name and tracker.enabled:
@@ -60,8 +61,17 @@ def publish_outputs(job: Job, metrics: dict, tracker: Tracker) -> TrainingResult
     return result
 
 
-def _save(job: Job, model, staging) -> None:
-    model.save_pretrained(staging, safe_serialization=True)
+def full_state_dict(trainer) -> dict | None:
+    """The trained weights, whole. Under DeepSpeed ZeRO-3 (or FSDP) each rank holds a shard of
+    every weight, so a model's own state_dict (what save_pretrained writes) lacks most of them;
+    accelerate gathers them, a collective that every rank must call (rank 0 gets the result)."""
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def _save(job: Job, model, staging, state_dict: dict | None = None) -> None:
+    """``model`` with ``state_dict`` (gathered weights; default: the model's own), tokenizer
+    and the stage's extra files."""
+    model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
     job.tokenizer.save_pretrained(staging)
     for name, text in job.model_files.items():
         (Path(staging) / name).write_text(text)
@@ -100,16 +110,18 @@ def model_card(job: Job, metrics: dict, result: TrainingResult) -> str:
 
 
 def _merged_model(job: Job, staging_adapter: storage.Uri):
-    """The base with the adapter merged in. QLoRA reloads the base unquantised first."""
+    """The base with the adapter merged in. QLoRA reloads the base unquantised first, and so
+    does a distributed run: its rank 0 may hold only shards of the base (ZeRO-3)."""
     model = job.trainer.model
-    if job.config.method != "qlora":
+    if job.config.method != "qlora" and job.trainer.args.world_size == 1:
         return model.merge_and_unload()
     import torch
     from peft import PeftModel
 
     from ..models import load_model_and_tokenizer
 
-    base = load_model_and_tokenizer(job.base_uri, trust_remote_code=job.config.trust_remote_code, dtype=torch.bfloat16).model
+    dtype = torch.bfloat16 if job.config.method == "qlora" else model.dtype
+    base = load_model_and_tokenizer(job.base_uri, trust_remote_code=job.config.trust_remote_code, dtype=dtype).model
     with tempfile.TemporaryDirectory() as tmp:
         storage.download(staging_adapter, tmp)
         return PeftModel.from_pretrained(base, tmp).merge_and_unload()
