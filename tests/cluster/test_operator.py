@@ -47,6 +47,8 @@ def test_every_child_the_builders_make_is_accepted_by_the_api_server(cluster, ns
          {"policy_model": "s3://m/p/", "reward_model": "s3://m/rm/", "dataset_uri": "s3://a/d/"}, False),
         ("Evaluation", {"modelUri": "s3://m/x/", "datasetRef": {"name": "d"}}, {"model_uri": "s3://m/x/", "dataset_uri": "s3://a/d/"}, False),
         ("DomainDataset", {"sources": [{"name": "d", "uri": "pvc://docs/raw/"}], "outputUri": "pvc://work/out/"}, {}, False),  # claims mounted
+        ("FineTuneJob", {"baseModel": "pvc://m/b/", "datasetRef": {"name": "d"}, "distributed": {"nodes": 2, "gpusPerNode": 4}},
+         {"base_model": "pvc://m/b/", "dataset_uri": "s3://a/d/"}, True),  # claims mounted through the runtime patch
     ]
     objects = []
     for i, (kind, spec, resolved, kubeflow) in enumerate(variants):

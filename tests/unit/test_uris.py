@@ -78,3 +78,18 @@ def test_pods_mount_the_claims_their_pvc_uris_name_read_only_unless_written():
     assert mounts[claims["work"]["name"]]["mountPath"] == "/mnt/pvc/work" and not mounts[claims["work"]["name"]]["readOnly"]
     no_claims = plan_job_children(body("DomainDataset", dataset()), KINDS["DomainDataset"].spec.model_validate(dataset()), {}, SETTINGS, False)
     assert not [v for v in no_claims.runner["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_trainjob_pods_mount_the_claims_through_the_runtime_patch():
+    spec = {"baseModel": "pvc://models/base/", "datasetRef": {"name": "d"}, "distributed": {"nodes": 2, "gpusPerNode": 1},
+            "outputUri": "pvc://work/team-a/ft/"}
+    b = body("FineTuneJob", spec)
+    plan = plan_job_children(b, KINDS["FineTuneJob"].spec.model_validate(spec), {"dataset_uri": "s3://art/team-a/d/"}, SETTINGS, True)
+    (patch,) = plan.runner["spec"]["runtimePatches"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"]} == {"models": True, "work": False}
+    assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {"/mnt/pvc/models", "/mnt/pvc/work"}
+    s3_only = {**spec, "baseModel": "s3://m/b/", "outputUri": "s3://art/team-a/ft/"}
+    plain = plan_job_children(body("FineTuneJob", s3_only), KINDS["FineTuneJob"].spec.model_validate(s3_only), {"dataset_uri": "s3://art/team-a/d/"}, SETTINGS, True)
+    pod = plain.runner["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]

@@ -300,7 +300,7 @@ def build_train_job(
                 ]
                 + [{"name": "MENTOR_CONFIG_JSON", "valueFrom": {"configMapKeyRef": {"name": config_map, "key": "config.json"}}}],
             },
-            "runtimePatches": [train_job_pod_patch(body, spec, settings, stage)],
+            "runtimePatches": [train_job_pod_patch(body, spec, config, stage)],
         },
     }
 
@@ -309,15 +309,19 @@ TRAINJOB_PATCH_MANAGER = "mentor.dev/operator"
 TRAINJOB_REPLICATED_JOB = "node"  # the torch ClusterTrainingRuntime's replicated job and container
 
 
-def train_job_pod_patch(body: dict[str, Any], spec: Any, settings: Settings, stage: str) -> dict[str, Any]:
+def train_job_pod_patch(body: dict[str, Any], spec: Any, config: StageRuntime, stage: str) -> dict[str, Any]:
     """What the TrainJob API lets us set on the runtime's pods (a runtime patch): the same
-    placement, account, labels and restricted security context as a single-node Job. The API
-    has no priorityClassName here; put it on the ClusterTrainingRuntime."""
+    placement, account, labels, claims and restricted security context as a single-node Job.
+    The API has no priorityClassName here; put it on the ClusterTrainingRuntime."""
     pod_spec: dict[str, Any] = {
         **_placement(body, spec),
         "securityContext": RESTRICTED_POD_SECURITY,
-        "containers": [{"name": TRAINJOB_REPLICATED_JOB, "securityContext": RESTRICTED_CONTAINER_SECURITY}],
+        "containers": [{"name": TRAINJOB_REPLICATED_JOB, "securityContext": RESTRICTED_CONTAINER_SECURITY, "volumeMounts": []}],
+        "volumes": [],
     }
+    _mount_claims(pod_spec, claims(config.to_wire()))
+    if not pod_spec["volumes"]:  # nothing to patch: leave the runtime's own lists alone
+        del pod_spec["volumes"], pod_spec["containers"][0]["volumeMounts"]
     pod = {"metadata": _pod_metadata(body, spec, stage), "spec": pod_spec}
     replicated_job = {"name": TRAINJOB_REPLICATED_JOB, "template": {"spec": {"template": pod}}}
     return {
