@@ -12,7 +12,7 @@ superset).
 
 A file that cannot be used is never an exception: it becomes a :class:`Dropped` unit with a
 reason (``empty``, ``binary``, ``undecodable``, ``corrupt``, ``encrypted``, ``no-text``,
-``unsupported-format``, ``too-large``, ``unreadable``, ``invalid-record``). Text files are
+``unsupported-format``, ``too-large``, ``too-slow``, ``unreadable``, ``invalid-record``). Text files are
 streamed: a text file larger than ``MAX_DOCUMENT_CHARS`` becomes several documents cut at
 paragraph boundaries, so memory stays bounded whatever the file size.
 """
@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import logging
+import multiprocessing
 import os
 import posixpath
 import re
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_CHARS = int(os.environ.get("MENTOR_DATA_MAX_DOCUMENT_CHARS", 1_000_000))
 # PDF, DOCX and HTML are parsed whole; larger files are skipped as too-large.
 MAX_PARSED_BYTES = int(os.environ.get("MENTOR_DATA_MAX_PARSED_BYTES", 256 << 20))
+# A PDF whose parsing takes longer than this (seconds) is skipped as too-slow: a pathological
+# file can keep the parser busy for hours.
+MAX_PDF_SECONDS = float(os.environ.get("MENTOR_DATA_MAX_PDF_SECONDS", 120))
 # A record (a JSONL or CSV line) longer than this is skipped as too-large, unread.
 MAX_LINE_CHARS = int(os.environ.get("MENTOR_DATA_MAX_LINE_CHARS", 16 << 20))
 SNIFF_BYTES = 64 << 10
@@ -330,7 +334,7 @@ def markdown_to_text(text: str) -> str:
 def _parsed(fmt: str, data: bytes, info, source) -> Iterator[Unit | Dropped]:
     try:
         if fmt == "pdf":
-            text = pdf_to_text(data)
+            text = _PDF_PARSER.text(data)
         elif fmt == "docx":
             unpacked = _unpacked_size(data)
             if unpacked > MAX_PARSED_BYTES:  # a zip bomb is small on disk and huge in memory
@@ -347,6 +351,9 @@ def _parsed(fmt: str, data: bytes, info, source) -> Iterator[Unit | Dropped]:
     except _Encrypted:
         yield Dropped(info.uri, source.name, "encrypted")
         return
+    except _TooSlow:
+        yield Dropped(info.uri, source.name, "too-slow", f"parsing took over {MAX_PDF_SECONDS:g} s")
+        return
     except StageError:
         raise
     except Exception as error:  # noqa: BLE001 - any parser failure is a corrupt file, never a crash
@@ -360,6 +367,34 @@ def _parsed(fmt: str, data: bytes, info, source) -> Iterator[Unit | Dropped]:
 
 class _Encrypted(Exception):
     pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _StoppablePdfParser:
+    """:func:`pdf_to_text` in a worker process, the only way to stop a parse that runs past
+    ``MAX_PDF_SECONDS`` (a thread cannot be killed): the worker is killed with it and the next
+    PDF gets a new one. One worker serves every PDF of the run (started on the first), so a
+    PDF costs a hand-over, not a process start."""
+
+    def __init__(self) -> None:
+        self._pool = None
+
+    def text(self, data: bytes) -> str:
+        if self._pool is None:
+            # spawn, not fork: the stage may hold threads (tokenizers, storage clients)
+            self._pool = multiprocessing.get_context("spawn").Pool(1)
+        try:
+            return self._pool.apply_async(pdf_to_text, (data,)).get(MAX_PDF_SECONDS)
+        except multiprocessing.TimeoutError:
+            self._pool.terminate()
+            self._pool = None
+            raise _TooSlow() from None
+
+
+_PDF_PARSER = _StoppablePdfParser()
 
 
 def pdf_to_text(data: bytes) -> str:
