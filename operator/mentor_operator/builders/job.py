@@ -291,7 +291,9 @@ def build_train_job(
             },
             "trainer": {
                 "image": spec.image or settings.trainer_image,
-                "command": ["python", "-m", "mentor_trainer.cli", stage, "--config-env", "MENTOR_CONFIG_JSON"],
+                # the torch runtime sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK and the
+                # master address, which torchrun's arguments default to
+                "command": ["mentor-trainer", "launch", "-m", "mentor_trainer.cli", stage, "--config-env", "MENTOR_CONFIG_JSON"],
                 "numNodes": dist.nodes,
                 "numProcPerNode": dist.gpus_per_node,
                 "resourcesPerNode": resources,
