@@ -65,16 +65,46 @@ def _kubeconfig_env(path: str | None) -> Iterator[None]:
             os.environ["KUBECONFIG"] = before
 
 
+def _uses_plugin(kubeconfig: str | None) -> bool:
+    """Does the kubeconfig's current user log in through an exec or auth-provider plugin (EKS,
+    GKE, OIDC)? kopf's own kubeconfig login runs neither; the kubernetes client does."""
+    paths = (kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")).split(os.pathsep)
+    configs = [yaml.safe_load(open(path)) or {} for path in paths if os.path.isfile(path)]
+    context = next((c.get("current-context") for c in configs if c.get("current-context")), None)
+    user = next((ctx["context"].get("user") for c in configs for ctx in c.get("contexts") or [] if ctx.get("name") == context), None)
+    entry = next((u.get("user") or {} for c in configs for u in c.get("users") or [] if u.get("name") == user), {})
+    return "exec" in entry or "auth-provider" in entry
+
+
+def _login_via_client(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """Credentials from the kubernetes client, which runs the plugin (imported only here)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    header = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization") or ""
+    token = header.removeprefix("Bearer ").strip()
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
 def load_config(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
     """The pod's service account in a cluster, else `kubeconfig` ($KUBECONFIG, ~/.kube/config),
     read by kopf's own logins, so the operator's watches and its writes share credentials.
-    Tokens, client certificates, basic auth; not exec or auth-provider plugins."""
+    A user's kubeconfig with an exec or auth-provider plugin logs in through the kubernetes
+    client (`mentor approve` on EKS or GKE); the operator never needs it."""
     settings = kopf.OperatorSettings()
     if kubeconfig is None and (info := kopf.login_with_service_account(settings=settings)):
         return info
     try:
         with _kubeconfig_env(kubeconfig):
-            info = kopf.login_with_kubeconfig(settings=settings)
+            info = _login_via_client(kubeconfig) if _uses_plugin(kubeconfig) else kopf.login_with_kubeconfig(settings=settings)
     except (OSError, KeyError, ValueError, yaml.YAMLError, kopf.LoginError) as error:
         raise ConfigError(f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')}: {error}") from error
     if info is None:

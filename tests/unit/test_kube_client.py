@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,3 +98,19 @@ def test_an_unreadable_kubeconfig_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     with pytest.raises(ConfigError):
         Kube(str(tmp_path / "absent"))
+
+
+def test_a_kubeconfig_with_an_exec_plugin_logs_in_through_it(server, tmp_path):
+    """EKS and GKE kubeconfigs get their token from a command (an exec plugin), as `mentor
+    approve` sees them on a user's machine."""
+    credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", "status": {"token": "fresh"}}
+    plugin = {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+              "args": ["-c", f"print({json.dumps(json.dumps(credential))})"], "interactiveMode": "Never"}
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump({
+        "current-context": "test",
+        "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"exec": plugin}}],
+    }))
+    assert Kube(str(path)).get("FineTuneJob", "team", "ft") == {"kind": "FineTuneJob", "metadata": {"name": "ft"}}
