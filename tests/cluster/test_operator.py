@@ -14,7 +14,7 @@ from mentor_operator.retraining import Drifted, Templates, plan_retraining
 from mentor_operator.settings import Settings
 from mentor_trainer.config.deploy import Retrain
 from tests.bad_resources import CASES, BadCase
-from tests.cluster.conftest import Operator, pod_annotations, resource, wait_for
+from tests.cluster.conftest import pod_annotations, resource, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -396,32 +396,6 @@ def test_metrics_count_reconciles_and_phases(operator, ns):
     assert 'mentor_reconciles_total{kind="DomainDataset",outcome="applied"}' in text
     assert 'mentor_resources{kind="DomainDataset",phase="Succeeded"}' in text
     assert "mentor_reconcile_duration_seconds_bucket" in text
-
-
-def test_peering_lets_one_replica_act(cluster, tmp_path):
-    """Two replicas with one peering name: the lower-priority one pauses; no double work."""
-    name = "peering-test"
-    cluster.kubectl("create", "namespace", name)
-    cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "mentor-test", "namespace": name}})
-    args = ("--peering", "mentor-test", "-n", name, "--priority")
-    high = Operator(cluster, tmp_path, "high", (*args, "100"))
-    low = Operator(cluster, tmp_path, "low", (*args, "10"))
-    low.start()
-    high.start()
-    try:
-        wait_for(lambda: "pausing" in low.log_path.read_text().lower(), 60, what=f"the low-priority replica to pause:\n{low.log_tail()}")
-        cluster.apply({**dataset("docs"), "metadata": {"name": "docs", "namespace": name}})
-        wait_for(
-            lambda: cluster.kubectl_json("get", "domaindataset", "docs", "-n", name).get("status", {}).get("phase") == "Succeeded",
-            60, what="the dataset to succeed",
-        )
-        assert len(cluster.kubectl_json("get", "jobs", "-n", name)["items"]) == 1
-        assert "Handler 'reconcile' succeeded" in high.log_path.read_text()
-        assert "Handler 'reconcile' succeeded" not in low.log_path.read_text()
-    finally:
-        high.stop()
-        low.stop()
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_monitoring_objects_are_accepted_by_the_api_server(cluster, ns):
