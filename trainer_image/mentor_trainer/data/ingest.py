@@ -19,6 +19,7 @@ paragraph boundaries, so memory stays bounded whatever the file size.
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import csv
 import io
@@ -386,12 +387,17 @@ class _StoppablePdfParser:
         if self._pool is None:
             # spawn, not fork: the stage may hold threads (tokenizers, storage clients)
             self._pool = multiprocessing.get_context("spawn").Pool(1)
+            atexit.register(self.close)  # not left to Pool.__del__ at interpreter exit, which fails
         try:
             return self._pool.apply_async(pdf_to_text, (data,)).get(MAX_PDF_SECONDS)
         except multiprocessing.TimeoutError:
+            self.close()
+            raise _TooSlow() from None
+
+    def close(self) -> None:
+        if self._pool is not None:
             self._pool.terminate()
             self._pool = None
-            raise _TooSlow() from None
 
 
 _PDF_PARSER = _StoppablePdfParser()
