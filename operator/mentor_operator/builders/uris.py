@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from mentor_trainer import storage
 from pydantic import BaseModel
 
 from ..settings import Settings
 
-STORAGE_SCHEMES = ("s3://", "pvc://", "file://")
+STORAGE_SCHEMES = tuple(f"{scheme}://" for scheme in storage.SCHEMES)
 OUTPUT_FIELD = "outputUri"
 WRITTEN_FIELDS = (f".{OUTPUT_FIELD}", ".payloadLogUri")  # stage config fields a stage writes under
 
@@ -86,7 +87,7 @@ def claims(config: dict[str, Any]) -> dict[str, bool]:
     (wire form): the pod mounts each at <pvc root>/<claim>, where the stage looks for it."""
     found: dict[str, bool] = {}
     for field, uri in _storage_uris(config, ""):
-        claim = uri.removeprefix("pvc://").split("/", 1)[0] if uri.startswith("pvc://") else None
-        if claim:
+        if uri.startswith("pvc://"):
+            claim = storage.parse(uri).bucket
             found[claim] = found.get(claim, False) or field in WRITTEN_FIELDS
     return found
