@@ -39,6 +39,9 @@ class Settings(BaseModel):
         default="auto", description="auto: TrainJob when its CRD is installed; always; never (indexed Job)."
     )
     retry_delay_seconds: float = Field(default=10.0, description="Recheck interval while waiting for a dependency.")
+    resync_seconds: float = Field(
+        default=60.0, description="How long a pending, running or suspended stage resource may sit unchanged before its runner is read again."
+    )
     metrics_port: int = Field(default=8080, description="Port of the Prometheus /metrics endpoint (0: off).")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch (comma-separated; empty: all).")
     peering: str = Field(default="mentor", description="kopf peering name; replicas with the same name take turns.")

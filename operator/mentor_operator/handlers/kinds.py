@@ -5,7 +5,6 @@ What differs per kind is declared on its KindApi (api/), not here."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import kopf
@@ -13,13 +12,14 @@ import kopf
 from ..api import GROUP, KINDS, VERSION, KindApi
 from ..builders.inputs import dependencies
 from ..metrics import PHASES
+from ..settings import Settings
 from ..status import RUNNER_PHASES
 from .reconcile import reconcile, resync
 
 ROLLOUT_CHECK_SECONDS = 30
-# How long a stage resource may sit unchanged before its runner is read again (a missed or
-# lost Job event, pods that never start); read at import, as kopf registers timers then.
-RESYNC_SECONDS = float(os.environ.get("MENTOR_RESYNC_SECONDS") or 60)
+# A missed or lost Job event, pods that never start: read at import, as kopf registers
+# timers then (the other settings are read at start-up).
+RESYNC_SECONDS = Settings.from_env().resync_seconds
 
 
 def register(api: KindApi) -> None:
