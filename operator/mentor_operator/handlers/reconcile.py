@@ -245,7 +245,7 @@ def fold_runner(ctx: Context, body: dict[str, Any], runner: dict[str, Any] | Non
     event = None
     if state.phase in TERMINAL_PHASES and runner is not None:
         changes["completionTime"] = state.completion_time or now()
-        termination = pod_termination(_pods(ctx, runner), state.phase)
+        termination = _termination(ctx, runner, state.phase)
         if state.phase == "Failed":
             if termination:
                 changes.update(_phase_status(body, "Failed", termination[0], termination[1]))
